@@ -1,0 +1,141 @@
+"""Wiring and lifecycle: build the parts from a Config, run them, stop them cleanly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+
+from prometheus_client import CollectorRegistry
+
+from . import __version__
+from .brokers import QueueReader, reader_for
+from .collectors import Exporter, ModelCollector, QueueCollector
+from .config import Config, redact
+from .events import EventConsumer
+from .http import build_app, serve
+from .model import Model
+
+log = logging.getLogger("celery_stalk")
+
+SHUTDOWN_GRACE = 4.0  # seconds; SIGTERM must end the process within 5
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats as text or JSON, then scrubs every broker secret from the result."""
+
+    def __init__(self, secrets: tuple[str, ...], as_json: bool):
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.secrets = secrets
+        self.as_json = as_json
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.as_json:
+            entry = {
+                "ts": round(record.created, 3),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "msg": record.getMessage(),
+            }
+            if record.exc_info:
+                entry["exc"] = self.formatException(record.exc_info)
+            text = json.dumps(entry)
+        else:
+            text = super().format(record)
+        return redact(text, self.secrets)
+
+
+def setup_logging(config: Config) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter(config.secrets, config.log_format == "json"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level.upper())
+    # kombu and amqp log every reconnect attempt at warning; ours say it once, clearly.
+    for noisy in ("kombu", "amqp", "celery"):
+        logging.getLogger(noisy).setLevel(max(logging.ERROR, root.level))
+
+
+class QueueDiscovery:
+    """Finds queues the broker knows (Redis bindings) off the scrape path."""
+
+    def __init__(self, reader: QueueReader, model: Model, interval: float, stop: threading.Event):
+        self.reader, self.model, self.interval, self.stop = reader, model, interval, stop
+        self.thread = threading.Thread(target=self.run, name="celery-stalk-discovery", daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.model.learn_queues(self.reader.discover())
+            except Exception as exc:  # the broker may be down: the scrape reports that
+                log.debug("queue discovery failed: %s: %s", type(exc).__name__, exc)
+            self.stop.wait(self.interval)
+
+
+
+
+def run(config: Config) -> int:
+    setup_logging(config)
+    model = Model(config.model, static_queues=config.queues)
+    reader = reader_for(config)
+    consumer = EventConsumer(model, config.broker_url, config.transport_options)
+    stopping = threading.Event()
+    discovery = QueueDiscovery(reader, model, config.queue_discovery_interval, stopping)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Exporter([ModelCollector(model), QueueCollector(model, reader)], __version__))
+
+    def ready() -> tuple[bool, str]:
+        if consumer.consuming.is_set():
+            return True, "ready: consuming events"
+        return False, "not ready: not connected to the broker"
+
+    app = build_app(
+        registry,
+        healthy=consumer.is_alive,
+        ready=ready,
+        landing={
+            "version": __version__,
+            "broker": config.redacted_broker_url,
+            "queues from --queue": ", ".join(config.queues) or "(none)",
+        },
+    )
+    try:
+        server = serve(app, config.listen_host, config.listen_port)
+    except OSError as exc:
+        log.error(
+            "cannot listen on %s:%s (%s): pick a free port with --listen-address host:port",
+            config.listen_host, config.listen_port, exc.strerror or exc,
+        )
+        return 2
+
+    def on_signal(signum, frame):
+        log.info("received %s: shutting down", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    consumer.start()
+    discovery.thread.start()
+    http_thread = threading.Thread(target=server.serve_forever, name="celery-stalk-http", daemon=True)
+    http_thread.start()
+    log.info(
+        "celery-stalk %s serving http://%s:%s/metrics for broker %s",
+        __version__, config.listen_host, server.server_port, config.redacted_broker_url,
+    )
+
+    while not stopping.wait(0.5):
+        pass
+
+    deadline = time.monotonic() + SHUTDOWN_GRACE
+    consumer.stop()
+    server.shutdown()  # stop accepting; in-flight scrapes finish in server_close
+    server.server_close()
+    consumer.thread.join(max(0.0, deadline - time.monotonic()))
+    reader.close()
+    log.info("stopped")
+    return 0

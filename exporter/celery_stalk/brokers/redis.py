@@ -1,0 +1,92 @@
+"""Queue depth on Redis: LLEN of each queue's base list and priority sub-lists.
+
+kombu keeps messages of priority step N (N > 0) in a separate list named
+``QUEUE + sep + N``; counting only the base list undercounts a backlog of
+prioritised tasks. All lists of all queues are read in one pipelined round trip.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from . import QueueDepth, is_internal_queue
+
+DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
+DEFAULT_SEP = "\x06\x16"
+BINDING_PREFIX = "_kombu.binding."
+# Exchanges Celery uses for events and remote control, not for tasks.
+INTERNAL_EXCHANGES = frozenset({"celeryev", "celery.pidbox", "reply.celery.pidbox"})
+
+
+class RedisQueueReader:
+    def __init__(self, broker_url: str, transport_options: dict, timeout: float):
+        self.steps = tuple(sorted(set(transport_options.get("priority_steps", DEFAULT_PRIORITY_STEPS))))
+        self.sep = transport_options.get("sep", DEFAULT_SEP)
+        self.prefix = transport_options.get("global_keyprefix", "")
+        url = broker_url.split(";")[0].strip()
+        self.client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=0,
+            # One attempt: the scrape's time budget is the timeout, not a retry loop.
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=False,
+        )
+
+    def keys_for(self, queue: str) -> list[str]:
+        """Every list that may hold messages of ``queue``, prefixed as kombu writes it."""
+        names = [queue] + [f"{queue}{self.sep}{step}" for step in self.steps if step]
+        return [self.prefix + name for name in names]
+
+    def read(self, queues: Iterable[str]) -> dict[str, QueueDepth]:
+        queues = sorted(set(queues))
+        if not queues:
+            self.client.ping()  # still prove the broker answers
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        spans = []
+        for queue in queues:
+            keys = self.keys_for(queue)
+            spans.append(len(keys))
+            for key in keys:
+                pipe.llen(key)
+        # A key of another type answers WRONGTYPE: that list holds no messages.
+        results = iter(pipe.execute(raise_on_error=False))
+        depths = {}
+        for queue, span in zip(queues, spans):
+            total = sum(r for r in (next(results) for _ in range(span)) if isinstance(r, int))
+            depths[queue] = QueueDepth(messages=total)
+        return depths
+
+    def discover(self) -> list[str]:
+        """Queues with a kombu binding (``_kombu.binding.<exchange>`` sets)."""
+        pattern = f"{self.prefix}{BINDING_PREFIX}*".encode()
+        binding_keys = [
+            key
+            for key in self.client.scan_iter(match=pattern, count=1000)
+            if key.decode("utf-8", "replace")[len(self.prefix) + len(BINDING_PREFIX):]
+            not in INTERNAL_EXCHANGES
+        ]
+        if not binding_keys:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for key in binding_keys:
+            pipe.smembers(key)
+        sep = self.sep.encode()
+        queues = set()
+        for members in pipe.execute(raise_on_error=False):
+            if not isinstance(members, set):
+                continue
+            for member in members:
+                queue = member.split(sep)[-1].decode("utf-8", "replace")
+                if queue and not is_internal_queue(queue):
+                    queues.add(queue)
+        return sorted(queues)
+
+    def close(self) -> None:
+        self.client.close()

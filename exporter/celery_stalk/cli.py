@@ -1,0 +1,122 @@
+"""Command line: flags and CELERY_STALK_* env vars in, a Config out. No logic here."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+from .config import DEFAULT_PORT, ConfigError, Config
+
+ENV_PREFIX = "CELERY_STALK"
+
+# (flag, help, default, repeatable). Values stay strings: Config.parse checks
+# them all at once and names the fix for each bad one.
+SERVE_OPTIONS = [
+    ("broker-url", "Celery broker URL (redis://, rediss://, amqp://, amqps://).", None, False),
+    ("broker-url-file", "Read the broker URL from this file (keeps the password out of the "
+     "process list and the environment).", None, False),
+    ("listen-address", "host:port to serve /metrics on.", f"0.0.0.0:{DEFAULT_PORT}", False),
+    ("queue", "Queue always reported, even with no workers or events (repeatable, or "
+     "comma-separated).", None, True),
+    ("broker-transport-option", "key=value (JSON value) passed to kombu and honoured by the "
+     "queue reader: priority_steps, sep, global_keyprefix (repeatable).", None, True),
+    ("worker-timeout", "Seconds without a heartbeat before a worker is reported down "
+     "(at least 2.5 of the worker's heartbeat intervals).", "20", False),
+    ("worker-ttl", "Seconds after which a down worker's series are forgotten; fleet totals "
+     "are kept.", "900", False),
+    ("max-tracked-tasks", "Tasks in flight kept to join events on the task id.", "100000", False),
+    ("runtime-buckets", "Comma-separated histogram bounds (seconds) for "
+     "celery_task_runtime_seconds.", "", False),
+    ("wait-buckets", "Comma-separated histogram bounds (seconds) for "
+     "celery_task_queue_wait_seconds.", "", False),
+    ("max-task-names", "Distinct task names before new ones are reported as \"other\".", "1000", False),
+    ("max-queues", "Distinct queues before new ones are reported as \"other\".", "500", False),
+    ("max-exceptions", "Distinct exception types before new ones are reported as \"other\".",
+     "500", False),
+    ("max-workers", "Distinct workers tracked at once.", "2000", False),
+    ("queue-read-timeout", "Seconds a queue depth read may take before the scrape reports "
+     "celery_stalk_broker_up 0.", "2", False),
+    ("queue-discovery-interval", "Seconds between scans for queues the broker knows "
+     "(Redis bindings).", "60", False),
+    ("log-level", "debug, info, warning or error.", "info", False),
+    ("log-format", "text or json.", "text", False),
+]
+
+
+def env_var(flag: str) -> str:
+    return f"{ENV_PREFIX}_{flag.upper().replace('-', '_')}"
+
+
+def _options(command):
+    for flag, help_text, default, repeatable in reversed(SERVE_OPTIONS):
+        command = click.option(
+            f"--{flag}",
+            envvar=env_var(flag),
+            default=() if repeatable else default,
+            multiple=repeatable,
+            show_envvar=True,
+            show_default=bool(default),
+            help=help_text,
+        )(command)
+    return command
+
+
+class OneLineErrors(click.Group):
+    """Usage errors as one line that names the fix, not a usage dump."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            sys.exit(130)
+        except click.ClickException as exc:
+            hint = "" if "--help" in exc.format_message() else " (see celery-stalk serve --help)"
+            click.echo(f"celery-stalk: error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=OneLineErrors)
+@click.version_option(__version__, prog_name="celery-stalk")
+def main():
+    """Prometheus exporter for Celery: task, queue and worker metrics from events and the broker."""
+
+
+@main.command()
+@_options
+def serve(**raw):
+    """Consume Celery events and serve Prometheus metrics."""
+    problems = []
+    url_file = raw.pop("broker_url_file")
+    if url_file:
+        try:
+            with open(url_file, encoding="utf-8") as handle:
+                raw["broker_url"] = handle.read().strip()
+        except OSError as exc:
+            problems.append(f"--broker-url-file: cannot read {url_file!r}: {exc.strerror}")
+    try:
+        config = Config.parse(**raw)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        for problem in problems:
+            click.echo(f"celery-stalk: error: {problem}", err=True)
+        sys.exit(2)
+
+    from .app import run  # imported late: --help and bad flags stay fast
+
+    sys.exit(run(config))
+
+
+@main.command()
+def catalog():
+    """Print the metric catalog as a Markdown table (the README's)."""
+    from .collectors import catalog_markdown
+
+    click.echo(catalog_markdown())
+
+
+if __name__ == "__main__":
+    main()

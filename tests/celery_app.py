@@ -1,0 +1,64 @@
+"""The Celery app the integration tests run real workers of.
+
+Configured from the environment so the same module serves a worker process
+(started by the tests) and the test process that sends tasks to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded  # noqa: F401  (raised by the pool)
+
+def make_app(broker_url: str, transport_options: dict | None = None) -> Celery:
+    """The app as both the worker and the producing test configure it."""
+    celery = Celery("stalktest", broker=broker_url, set_as_current=False)
+    celery.conf.update(
+        task_send_sent_event=True,  # task-sent events: queue label and queue-wait metric
+        worker_send_task_events=True,
+        task_default_queue="work",
+        broker_transport_options=transport_options or {},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_prefetch_multiplier=1,
+        result_backend=None,
+        task_ignore_result=True,
+    )
+    return celery
+
+
+app = make_app(
+    os.environ.get("STALK_TEST_BROKER", "memory://"),
+    json.loads(os.environ.get("STALK_TEST_TRANSPORT_OPTIONS", "{}")),
+)
+
+
+@app.task(name="tests.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="tests.fail_value")
+def fail_value():
+    raise ValueError("secret customer data must not reach a label")
+
+
+@app.task(name="tests.fail_key")
+def fail_key():
+    raise KeyError("missing")
+
+
+@app.task(name="tests.sleep_past_soft_limit", soft_time_limit=0.5)
+def sleep_past_soft_limit():
+    time.sleep(5)
+
+
+@app.task(name="tests.flaky", bind=True, max_retries=5)
+def flaky(self, fail_times):
+    """Retries itself ``fail_times`` times, then succeeds."""
+    if self.request.retries < fail_times:
+        raise self.retry(countdown=0.2, exc=ConnectionError("try again"))
+    return "ok"

@@ -1,0 +1,171 @@
+"""Real processes for integration tests: the exporter, Celery workers, and scrapes over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def eventually(check, timeout: float = 30.0, interval: float = 0.25, message: str = ""):
+    """Poll ``check`` until it returns a truthy value; fail with its last result."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (AssertionError, OSError, urllib.error.URLError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"not true within {timeout} s: {message} (last: {last!r})")
+
+
+class Metrics:
+    """One parsed /metrics scrape."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.samples: dict[tuple[str, tuple], float] = {}
+        self.families = {}
+        for fam in text_string_to_metric_families(text):
+            self.families[fam.name] = fam
+            for s in fam.samples:
+                self.samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+
+    def get(self, name: str, default=None, **labels):
+        return self.samples.get((name, tuple(sorted(labels.items()))), default)
+
+    def sum(self, name: str, **labels) -> float:
+        want = set(labels.items())
+        return sum(v for (n, ls), v in self.samples.items() if n == name and want <= set(ls))
+
+    def label_values(self, name: str, label: str) -> set[str]:
+        return {dict(ls)[label] for (n, ls) in self.samples if n == name and label in dict(ls)}
+
+
+def scrape(url: str, timeout: float = 10.0) -> Metrics:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return Metrics(response.read().decode())
+
+
+class ExporterProcess:
+    """``celery-stalk serve`` as users run it, in its own process."""
+
+    def __init__(self, broker_url: str, *args: str, env: dict | None = None):
+        self.port = free_port()
+        self.args = [sys.executable, "-m", "celery_stalk", "serve", "--broker-url", broker_url,
+                     "--listen-address", f"127.0.0.1:{self.port}", *args]
+        self.env = {**os.environ, **(env or {})}
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="celery-stalk-", suffix=".log")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_ready: bool = True) -> "ExporterProcess":
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        check = self.ready if wait_ready else self.serving
+        eventually(lambda: self.proc.poll() is None and check(), 30, message=f"exporter up\n{self.output()}")
+        return self
+
+    def serving(self) -> bool:
+        with urllib.request.urlopen(self.url + "/healthz", timeout=2) as response:
+            return response.status == 200
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/readyz", timeout=2) as response:
+                return response.status == 200
+        except urllib.error.HTTPError:
+            return False
+
+    def scrape(self) -> Metrics:
+        return scrape(self.url + "/metrics")
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()
+
+    def stop(self) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        self.log.close()
+
+
+class WorkerProcess:
+    """A real Celery worker of tests/celery_app.py, started with events on (-E)."""
+
+    def __init__(self, broker_url: str, nodename: str, queues: str = "work",
+                 pool: str = "prefork", concurrency: int = 2, transport_options: dict | None = None):
+        self.nodename = nodename
+        self.args = [
+            sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-E",
+            "-n", nodename, "-Q", queues, "-P", pool, "-c", str(concurrency),
+            "--without-mingle", "--without-gossip", "-l", "WARNING",
+        ]
+        self.env = {
+            **os.environ,
+            "STALK_TEST_BROKER": broker_url,
+            "STALK_TEST_TRANSPORT_OPTIONS": json.dumps(transport_options or {}),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        }
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="celery-worker-", suffix=".log")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "WorkerProcess":
+        # Own process group: a SIGKILL then takes the pool children down too,
+        # as when a container or node dies.
+        self.proc = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Warm shutdown, as in a deploy: the worker sends worker-offline."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()

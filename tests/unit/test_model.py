@@ -1,0 +1,360 @@
+"""The model, fed real-shaped Celery events with an injected clock: no broker, no sleep."""
+
+from __future__ import annotations
+
+import pytest
+
+from celery_stalk.model import OTHER, UNKNOWN, Model, ModelSettings, exception_class
+from tests import events as ev
+
+
+def replay(model: Model, events, now=1000.0):
+    for event in events:
+        model.apply(event, now)
+    return model.snapshot(now)
+
+
+def hist_count(hist) -> int:
+    return sum(hist.counts)
+
+
+def test_succeeded_task_joins_name_and_queue_from_sent():
+    snap = replay(Model(), ev.lifecycle("t1", "app.add", "work", wait=2.0, runtime=0.5))
+    key = ("app.add", "work")
+    for kind in ("task-sent", "task-received", "task-started", "task-succeeded"):
+        assert snap.counters[kind] == {key: 1}, kind
+    assert hist_count(snap.runtime[key]) == 1
+    assert snap.runtime[key].total == pytest.approx(0.5)
+    assert hist_count(snap.wait[key]) == 1
+    assert snap.wait[key].total == pytest.approx(2.0)
+    assert snap.tracked_tasks == 0  # finished tasks are not kept
+    assert snap.events == {"task-sent": 1, "task-received": 1, "task-started": 1, "task-succeeded": 1}
+
+
+def test_runtime_lands_in_the_right_bucket_and_default_buckets_reach_an_hour():
+    settings = ModelSettings()
+    assert settings.runtime_buckets[-1] >= 3600
+    snap = replay(Model(settings), ev.lifecycle("t1", "slow", runtime=45.0))
+    hist = snap.runtime[("slow", "celery")]
+    index = [i for i, c in enumerate(hist.counts) if c][0]
+    assert settings.runtime_buckets[index - 1] < 45.0 <= settings.runtime_buckets[index]
+
+
+def test_failed_task_counts_exception_class_not_message():
+    events = [
+        ev.sent("t1", "app.pay", "billing"),
+        ev.received("t1", "app.pay"),
+        ev.started("t1"),
+        ev.failed("t1", exception="ValueError('card 4111 1111 declined')"),
+        ev.sent("t2", "app.pay", "billing"),
+        ev.received("t2", "app.pay"),
+        ev.started("t2"),
+        ev.failed("t2", exception="celery.exceptions.SoftTimeLimitExceeded()"),
+    ]
+    snap = replay(Model(), events)
+    assert snap.counters["task-failed"] == {("app.pay", "billing"): 2}
+    assert snap.exceptions == {
+        ("app.pay", "billing", "ValueError"): 1,
+        ("app.pay", "billing", "SoftTimeLimitExceeded"): 1,
+    }
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("ValueError('x')", "ValueError"),
+        ("TimeLimitExceeded(60.0,)", "TimeLimitExceeded"),
+        ("myapp.errors.PaymentError: card declined", "PaymentError"),
+        ("KeyError", "KeyError"),
+        ("", UNKNOWN),
+        ("('tuple',)", UNKNOWN),
+        (None, UNKNOWN),
+        (42, UNKNOWN),
+    ],
+)
+def test_exception_class(text, expected):
+    assert exception_class(text) == expected
+
+
+def test_retry_same_id_received_again_counts_each_event_and_keeps_the_name():
+    events = [
+        ev.sent("t1", "app.flaky", "work", at=100.0),
+        ev.received("t1", "app.flaky", at=100.5),
+        ev.started("t1", at=101.0),
+        ev.retried("t1", at=101.5),
+        # the worker re-sends the task with a countdown: a new task-sent, same id
+        ev.sent("t1", "app.flaky", "work", at=101.6),
+        ev.received("t1", "app.flaky", at=101.7, retries=1),
+        ev.started("t1", at=103.6),
+        ev.succeeded("t1", runtime=0.1, at=103.7),
+    ]
+    snap = replay(Model(), events)
+    key = ("app.flaky", "work")
+    assert snap.counters["task-retried"] == {key: 1}
+    assert snap.counters["task-received"] == {key: 2}
+    assert snap.counters["task-started"] == {key: 2}
+    assert snap.counters["task-succeeded"] == {key: 1}
+    assert snap.counters["task-failed"] == {}
+    # one wait per attempt: 1.0 s, then 2.0 s
+    assert hist_count(snap.wait[key]) == 2
+    assert snap.wait[key].total == pytest.approx(3.0)
+    assert snap.name_unknown == {}
+
+
+def test_retry_without_sent_events_still_names_every_event():
+    events = [
+        ev.received("t1", "app.flaky"),
+        ev.started("t1"),
+        ev.retried("t1"),
+        ev.received("t1", "app.flaky", retries=1),
+        ev.started("t1"),
+        ev.failed("t1", exception="IOError('down')"),
+    ]
+    snap = replay(Model(), events)
+    assert snap.counters["task-retried"] == {("app.flaky", UNKNOWN): 1}
+    assert snap.counters["task-failed"] == {("app.flaky", UNKNOWN): 1}
+    assert snap.name_unknown == {}
+    assert snap.wait == {}  # no task-sent: no queue wait is invented
+
+
+def test_queue_falls_back_to_the_queue_the_task_name_was_last_sent_to():
+    events = [
+        *ev.lifecycle("t1", "app.report", "reports"),
+        # t2's task-sent was not seen (e.g. sent by a producer without task_send_sent_event)
+        ev.received("t2", "app.report"),
+        ev.started("t2"),
+        ev.succeeded("t2"),
+    ]
+    snap = replay(Model(), events)
+    assert snap.counters["task-succeeded"] == {("app.report", "reports"): 2}
+
+
+def test_out_of_order_started_before_sent_still_measures_wait():
+    events = [
+        ev.received("t1", "app.add", at=100.5),
+        ev.started("t1", at=103.0),
+        ev.sent("t1", "app.add", "work", at=100.0),
+        ev.succeeded("t1", at=104.0),
+    ]
+    snap = replay(Model(), events)
+    key = ("app.add", "work")
+    assert snap.wait[key].total == pytest.approx(3.0)
+    assert snap.counters["task-sent"] == {key: 1}
+    assert snap.counters["task-succeeded"] == {key: 1}
+
+
+def test_succeeded_without_any_earlier_event_is_counted_as_unknown_and_reported():
+    snap = replay(Model(), [ev.succeeded("ghost", runtime=1.0), ev.failed("ghost2")])
+    assert snap.counters["task-succeeded"] == {(UNKNOWN, UNKNOWN): 1}
+    assert snap.counters["task-failed"] == {(UNKNOWN, UNKNOWN): 1}
+    assert snap.name_unknown == {"task-succeeded": 1, "task-failed": 1}
+    assert snap.exceptions == {(UNKNOWN, UNKNOWN, "ValueError"): 1}
+
+
+def test_negative_wait_from_clock_skew_is_clamped_and_counted():
+    events = [
+        ev.sent("t1", "app.add", "work", at=200.0),  # producer clock ahead
+        ev.received("t1", "app.add", at=150.0),
+        ev.started("t1", at=150.5),
+    ]
+    snap = replay(Model(), events)
+    assert snap.wait[("app.add", "work")].total == 0.0
+    assert hist_count(snap.wait[("app.add", "work")]) == 1
+    assert snap.clock_skew == 1
+
+
+def test_eta_is_excluded_from_queue_wait():
+    # sent at 100 with a 60 s countdown, started at 161: it waited 1 s, not 61
+    events = [
+        ev.sent("t1", "app.later", "work", at=100.0, eta="1970-01-01T00:02:40+00:00"),
+        ev.received("t1", "app.later", at=100.2, eta="1970-01-01T00:02:40+00:00"),
+        ev.started("t1", at=161.0),
+    ]
+    snap = replay(Model(), events)
+    assert snap.wait[("app.later", "work")].total == pytest.approx(1.0)
+
+
+def test_rejected_with_requeue_keeps_the_task_and_without_forgets_it():
+    events = [
+        ev.sent("t1", "app.x", "work"),
+        ev.received("t1", "app.x"),
+        ev.rejected("t1", requeue=True),
+        ev.received("t1", "app.x"),
+        ev.rejected("t1", requeue=False),
+        ev.sent("t2", "app.x", "work"),
+        ev.revoked("t2"),
+    ]
+    snap = replay(Model(), events)
+    assert snap.counters["task-rejected"] == {("app.x", "work"): 2}
+    assert snap.counters["task-revoked"] == {("app.x", "work"): 1}
+    assert snap.tracked_tasks == 0
+
+
+def test_tracked_tasks_are_bounded_and_evictions_counted():
+    model = Model(ModelSettings(max_tracked_tasks=100))
+    for i in range(1000):
+        model.apply(ev.sent(f"t{i}", "app.add", "work"), 1000.0)
+    snap = model.snapshot(1000.0)
+    assert snap.tracked_tasks <= 100
+    assert snap.evicted_tasks == 1000 - snap.tracked_tasks
+    # the newest are still joinable; the evicted ones finish as unknown
+    model.apply(ev.succeeded("t999"), 1000.0)
+    model.apply(ev.succeeded("t0"), 1000.0)
+    snap = model.snapshot(1000.0)
+    assert snap.counters["task-succeeded"] == {("app.add", "work"): 1, (UNKNOWN, UNKNOWN): 1}
+    assert snap.name_unknown == {"task-succeeded": 1}
+
+
+def test_label_caps_send_new_values_to_other_and_count_them():
+    model = Model(ModelSettings(max_task_names=3, max_queues=2, max_exceptions=2))
+    # the caps include the reserved "unknown" value
+    for i in range(5):
+        for event in ev.lifecycle(f"t{i}", f"app.task{i}", f"q{i}")[:1]:
+            model.apply(event, 1000.0)
+        model.apply(ev.received(f"f{i}", "app.task0"), 1000.0)
+        model.apply(ev.failed(f"f{i}", exception=f"Error{i}()"), 1000.0)
+    snap = model.snapshot(1000.0)
+    names = {task for task, _ in snap.counters["task-sent"]}
+    assert names == {"app.task0", "app.task1", OTHER}
+    assert snap.overflow["task"] == 3
+    assert {queue for _, queue in snap.counters["task-sent"]} == {"q0", OTHER}
+    assert snap.overflow["queue"] == 4
+    assert {exc for _, _, exc in snap.exceptions} == {"Error0", OTHER}
+    assert sum(snap.counters["task-sent"].values()) == 5  # nothing lost, only relabelled
+
+
+def test_static_queues_are_known_before_any_event():
+    model = Model(static_queues=("critical", "bulk"))
+    assert model.known_queues() == ["bulk", "critical"]
+    model.apply(ev.sent("t1", "app.add", "work"), 1.0)
+    assert model.known_queues() == ["bulk", "critical", "work"]
+
+
+# -- workers -------------------------------------------------------------------
+
+
+def connected_model(now=1000.0, **settings) -> Model:
+    model = Model(ModelSettings(**settings))
+    model.consumer_connected(now)
+    return model
+
+
+def test_worker_up_from_heartbeat_and_down_after_timeout_by_receive_time():
+    model = connected_model(worker_timeout=10)
+    # the worker's own clock is absurd: liveness must not care
+    beat = ev.heartbeat(active=3)
+    beat["timestamp"] = 1.0
+    model.apply(beat, 1000.0)
+    snap = model.snapshot(1005.0)
+    view = snap.workers[ev.WORKER]
+    assert view.up and view.active == 3 and view.last_heartbeat == 1000.0
+    assert model.snapshot(1010.0).workers[ev.WORKER].up
+    assert not model.snapshot(1010.1).workers[ev.WORKER].up
+
+
+def test_killed_worker_counts_as_lost_but_graceful_shutdown_does_not():
+    model = connected_model(worker_timeout=10)
+    model.apply(ev.online("killed@a"), 1000.0)
+    model.apply(ev.online("stopped@b"), 1000.0)
+    model.apply(ev.offline("stopped@b"), 1002.0)
+    for t in range(1000, 1030):
+        model.tick(float(t))
+    snap = model.snapshot(1030.0)
+    assert not snap.workers["killed@a"].up
+    assert not snap.workers["stopped@b"].up
+    assert snap.workers_lost == 1
+    # it comes back: up again, and the lost count stays (it is a counter)
+    model.apply(ev.heartbeat("killed@a"), 1031.0)
+    model.tick(1031.0)
+    snap = model.snapshot(1031.0)
+    assert snap.workers["killed@a"].up and snap.workers_lost == 1
+
+
+def test_slow_heartbeat_workers_get_two_and_a_half_intervals():
+    model = connected_model(worker_timeout=10)
+    model.apply(ev.heartbeat("slow@a", freq=60.0), 1000.0)
+    assert model.snapshot(1140.0).workers["slow@a"].up
+    assert not model.snapshot(1151.0).workers["slow@a"].up
+
+
+def test_down_workers_are_forgotten_after_ttl_but_lost_total_is_kept():
+    model = connected_model(worker_timeout=10, worker_ttl=60)
+    model.apply(ev.online("pod-1@x"), 1000.0)
+    model.tick(1011.0)
+    assert model.snapshot(1011.0).workers_lost == 1
+    model.tick(1059.0)
+    assert "pod-1@x" in model.snapshot(1059.0).workers
+    model.tick(1061.0)
+    snap = model.snapshot(1061.0)
+    assert snap.workers == {} and snap.workers_lost == 1
+
+
+def test_broker_outage_does_not_declare_the_fleet_lost():
+    model = connected_model(worker_timeout=10)
+    model.apply(ev.online("a@x"), 1000.0)
+    model.consumer_disconnected()
+    for t in range(1000, 1100):
+        model.tick(float(t))
+    assert model.snapshot(1100.0).workers["a@x"].up  # unknown: last verdict kept
+    model.consumer_connected(1100.0)
+    model.tick(1105.0)
+    snap = model.snapshot(1105.0)
+    assert snap.workers["a@x"].up and snap.workers_lost == 0  # grace after reconnect
+    assert snap.reconnects == 1
+    model.tick(1111.0)
+    assert model.snapshot(1111.0).workers_lost == 1  # still silent: now it is lost
+
+
+def test_worker_cap_bounds_tracked_workers():
+    model = connected_model(max_workers=2)
+    for i in range(5):
+        model.apply(ev.heartbeat(f"w{i}@h"), 1000.0)
+    snap = model.snapshot(1000.0)
+    assert sorted(snap.workers) == ["w0@h", "w1@h"]
+    assert snap.overflow["worker"] == 3
+
+
+def test_worker_full_nodename_is_kept():
+    model = connected_model()
+    model.apply(ev.heartbeat("celery@worker-7d9f-abc.default.svc"), 1000.0)
+    assert list(model.snapshot(1000.0).workers) == ["celery@worker-7d9f-abc.default.svc"]
+
+
+# -- bad input -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "event, reason",
+    [
+        ("not a dict", "not_an_object"),
+        ({"no": "type"}, "missing_type"),
+        ({"type": 5}, "missing_type"),
+        ({"type": "task-succeeded"}, "missing_field"),
+        ({"type": "task-received", "uuid": "x"}, "missing_field"),
+        ({"type": "worker-heartbeat"}, "missing_field"),
+    ],
+)
+def test_malformed_events_are_counted_and_skipped(event, reason):
+    model = Model()
+    model.apply(event, 1.0)
+    model.apply(ev.received("t1", "app.ok"), 1.0)
+    snap = model.snapshot(1.0)
+    assert snap.invalid == {reason: 1}
+    assert snap.counters["task-received"] == {("app.ok", UNKNOWN): 1}
+    assert snap.events == {"task-received": 1}
+
+
+def test_unknown_event_types_are_counted_as_other():
+    model = Model()
+    model.apply({"type": "task-custom-thing", "uuid": "x"}, 1.0)
+    model.apply({"type": "task-cancelled", "uuid": "x"}, 1.0)
+    assert model.snapshot(1.0).events == {OTHER: 1, "task-cancelled": 1}
+
+
+def test_batch_of_events_is_applied_whole():
+    model = Model()
+    model.apply_many(ev.lifecycle("t1", "app.add") + [42], 1.0)
+    snap = model.snapshot(1.0)
+    assert sum(snap.events.values()) == 4
+    assert snap.invalid == {"not_an_object": 1}
+    assert snap.last_event == 1.0
