@@ -15,3 +15,17 @@ def rabbitmq_server():
     """A private RabbitMQ node for the whole test session (takes a few seconds to boot)."""
     with RabbitMQServer() as server:
         yield server
+
+
+@pytest.fixture
+def fleet():
+    """Starts exporters and workers for a test and stops them after it, whatever happens."""
+    started = []
+
+    def add(process):
+        started.append(process)
+        return process.start()
+
+    yield add
+    for process in reversed(started):
+        process.stop()

@@ -169,3 +169,8 @@ class WorkerProcess:
     def output(self) -> str:
         self.log.flush()
         return Path(self.log.name).read_text()
+
+
+def wait_worker_up(exporter: ExporterProcess, nodename: str, timeout: float = 30) -> None:
+    eventually(lambda: exporter.scrape().get("celery_worker_up", worker=nodename) == 1,
+               timeout, message=f"{nodename} up")

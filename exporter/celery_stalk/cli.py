@@ -110,12 +110,23 @@ def serve(**raw):
     sys.exit(run(config))
 
 
+def flags_markdown() -> str:
+    """The README's flag table, generated from SERVE_OPTIONS."""
+    rows = ["| flag | env var | default | meaning |", "| --- | --- | --- | --- |"]
+    for flag, help_text, default, repeatable in SERVE_OPTIONS:
+        shown = f"`{default}`" if default else "—"
+        more = " Repeatable." if repeatable and "repeatable" not in help_text else ""
+        rows.append(f"| `--{flag}` | `{env_var(flag)}` | {shown} | {help_text}{more} |")
+    return "\n".join(rows)
+
+
 @main.command()
-def catalog():
-    """Print the metric catalog as a Markdown table (the README's)."""
+@click.option("--flags", is_flag=True, help="Print the flag table instead.")
+def catalog(flags):
+    """Print the metric catalog (or the flag table) as Markdown, as in the README."""
     from .collectors import catalog_markdown
 
-    click.echo(catalog_markdown())
+    click.echo(flags_markdown() if flags else catalog_markdown())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from tests.celery_app import make_app
-from tests.harness import ExporterProcess, WorkerProcess, eventually
+from tests.harness import ExporterProcess, WorkerProcess, eventually, wait_worker_up
 
 pytestmark = pytest.mark.integration
 
@@ -20,25 +20,6 @@ HOST = socket.gethostname()
 def db_url(redis_server, db: int) -> str:
     # Each test gets its own database: Redis scopes event fanout and queues to it.
     return redis_server.url.rsplit("/", 1)[0] + f"/{db}"
-
-
-@pytest.fixture
-def fleet(request):
-    """Exporters and workers started by a test, stopped after it whatever happens."""
-    started = []
-
-    def add(process):
-        started.append(process)
-        return process.start()
-
-    yield add
-    for process in reversed(started):
-        process.stop()
-
-
-def wait_worker_up(exporter, nodename, timeout=30):
-    eventually(lambda: exporter.scrape().get("celery_worker_up", worker=nodename) == 1,
-               timeout, message=f"{nodename} up")
 
 
 def test_task_counts_exceptions_runtime_and_wait_are_exact(redis_server, fleet):
