@@ -320,18 +320,19 @@ class Model:
             return "missing_field"
         queue = event.get("queue") or event.get("routing_key")
         name = self._task_names.admit(name)
-        queue = self._queue_names.admit(queue) if isinstance(queue, str) else UNKNOWN
+        queue = self._queue_names.admit(queue) if isinstance(queue, str) and queue else None
         task = self._tracker.get_or_add(task_id)
         task.name, task.queue = name, queue
-        if queue != UNKNOWN:
+        if queue is not None:
             self._queue_of_name[name] = queue
         sent = _number(event.get("timestamp"))
         task.sent = sent
         task.eligible = _max_eta(sent, event.get("eta"))
         task.wait_observed = False
-        self._count("task-sent", (name, queue))
+        labels = self._labels("task-sent", task)
+        self._count("task-sent", labels)
         if task.started is not None:  # task-started overtook task-sent
-            self._observe_wait(task)
+            self._observe_wait(task, labels)
         return None
 
     def _on_received(self, event: dict, now: float) -> str | None:
@@ -350,12 +351,13 @@ class Model:
             return "missing_field"
         task = self._tracker.get_or_add(task_id)
         task.started = _number(event.get("timestamp"))
-        self._count("task-started", self._labels("task-started", task))
+        labels = self._labels("task-started", task)
+        self._count("task-started", labels)
         if task.sent is not None:
-            self._observe_wait(task)
+            self._observe_wait(task, labels)
         return None
 
-    def _observe_wait(self, task: TrackedTask) -> None:
+    def _observe_wait(self, task: TrackedTask, labels: tuple[str, str]) -> None:
         if task.wait_observed or task.started is None or task.eligible is None:
             return
         task.wait_observed = True
@@ -363,8 +365,7 @@ class Model:
         if wait < 0:  # producer and worker clocks disagree
             self._clock_skew += 1
             wait = 0.0
-        _observe(self._wait, (task.name or UNKNOWN, task.queue or UNKNOWN),
-                 self.settings.wait_buckets, wait)
+        _observe(self._wait, labels, self.settings.wait_buckets, wait)
 
     def _on_succeeded(self, event: dict, now: float) -> str | None:
         task_id = event.get("uuid")

@@ -358,3 +358,14 @@ def test_batch_of_events_is_applied_whole():
     assert sum(snap.events.values()) == 4
     assert snap.invalid == {"not_an_object": 1}
     assert snap.last_event == 1.0
+
+
+def test_sent_event_without_queue_uses_the_fallback_rule():
+    events = [
+        *ev.lifecycle("t1", "app.report", "reports"),
+        {**ev.sent("t2", "app.report", queue=""), "routing_key": None},
+        ev.received("t2", "app.report"),
+    ]
+    snap = replay(Model(), events)
+    assert snap.counters["task-sent"] == {("app.report", "reports"): 2}
+    assert snap.counters["task-received"] == {("app.report", "reports"): 2}
