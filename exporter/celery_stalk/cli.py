@@ -22,6 +22,9 @@ SERVE_OPTIONS = [
      "comma-separated).", None, True),
     ("broker-transport-option", "key=value (JSON value) passed to kombu and honoured by the "
      "queue reader: priority_steps, sep, global_keyprefix (repeatable).", None, True),
+    ("task-route", "task=queue: the queue label of tasks whose task-sent event was not seen; "
+     "task may be a glob with * as in Celery's task_routes (repeatable, or comma-separated).",
+     None, True),
     ("worker-timeout", "Seconds without a heartbeat before a worker is reported down "
      "(at least 2.5 of the worker's heartbeat intervals).", "20", False),
     ("worker-ttl", "Seconds after which a down worker's series are forgotten; fleet totals "
