@@ -52,7 +52,8 @@ def env_var(flag: str) -> str:
     return f"{ENV_PREFIX}_{flag.upper().replace('-', '_')}"
 
 
-def _options(command):
+def serve_options(command):
+    """The serve flags, each with its env var; shared with ``celery stalk``."""
     for flag, help_text, default, repeatable in reversed(SERVE_OPTIONS):
         command = click.option(
             f"--{flag}",
@@ -88,9 +89,14 @@ def main():
 
 
 @main.command()
-@_options
+@serve_options
 def serve(**raw):
     """Consume Celery events and serve Prometheus metrics."""
+    run_with(raw)
+
+
+def run_with(raw: dict) -> None:
+    """Parse the raw flag values into a Config and run the exporter; exits."""
     problems = []
     url_file = raw.pop("broker_url_file")
     if url_file:

@@ -11,6 +11,7 @@ they need under the lock so a scrape never sees a half-applied event.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import threading
 from bisect import bisect_left
@@ -163,11 +164,10 @@ class TaskTracker:
 
 
 class TaskRoutes:
-    """Static task name -> queue routes, as in Celery's ``task_routes``.
+    """Static task name -> queue routes, read as Celery reads ``task_routes``.
 
-    A pattern is an exact task name or a glob where ``*`` matches anything
-    (Celery's own glob rule: no other wildcard). Exact names win, then
-    patterns in the order given, as Celery's router does.
+    A name with a ``*`` is a shell glob (fnmatch), any other is exact. Exact
+    names win, then globs in the order given, as in Celery's router.
     """
 
     __slots__ = ("exact", "patterns", "_cache")
@@ -177,8 +177,7 @@ class TaskRoutes:
         self.patterns: list[tuple[re.Pattern, str]] = []
         for pattern, queue in routes:
             if "*" in pattern:
-                glob = ".*".join(re.escape(part) for part in pattern.split("*"))
-                self.patterns.append((re.compile(glob + r"\Z"), queue))
+                self.patterns.append((re.compile(fnmatch.translate(pattern)), queue))
             else:
                 self.exact.setdefault(pattern, queue)
         # Bounded: only names admitted by the task name cap are looked up.

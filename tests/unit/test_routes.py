@@ -56,12 +56,13 @@ def test_exact_names_win_over_globs_and_globs_match_in_order():
     assert routes.queues == ("refunds", "billing", "catchall", "never")
 
 
-def test_glob_star_is_the_only_wildcard_as_in_celery():
-    routes = TaskRoutes((("app.[ab]?.*", "odd"),))
-    assert routes.queue_for("app.[ab]?.task") == "odd"
-    assert routes.queue_for("app.a1.task") is None
-    assert routes.queue_for("app.[ab]?.") == "odd"
-    assert routes.queue_for("xapp.[ab]?.task") is None  # anchored at both ends
+def test_a_name_is_a_glob_only_if_it_has_a_star_as_in_celery():
+    routes = TaskRoutes((("app.[ab]?", "exact"), ("app.[ab]?.*", "glob")))
+    assert routes.queue_for("app.[ab]?") == "exact"
+    assert routes.queue_for("app.ax") is None
+    assert routes.queue_for("app.a1.task") == "glob"
+    assert routes.queue_for("app.c1.task") is None
+    assert routes.queue_for("xapp.a1.task") is None  # anchored at both ends
 
 
 def test_routed_queues_are_known_so_their_depth_is_read_before_any_event():
