@@ -119,6 +119,22 @@ def run_with(raw: dict) -> None:
     sys.exit(run(config))
 
 
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True,
+              help="Port of the exporter's /metrics, on 127.0.0.1.")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
+              help="Stop after this many seconds of traffic (default: run until Ctrl-C).")
+def demo(port, duration):
+    """Run a sample Celery workload with the exporter and show a live summary.
+
+    Needs nothing installed: it starts redis-server if one is on PATH, else uses
+    kombu's filesystem transport in a temp dir.
+    """
+    from .demo.run import run_demo
+
+    sys.exit(run_demo(port, duration))
+
+
 def flags_markdown() -> str:
     """The README's flag table, generated from SERVE_OPTIONS."""
     rows = ["| flag | env var | default | meaning |", "| --- | --- | --- | --- |"]

@@ -15,7 +15,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from .model import ModelSettings
 
 DEFAULT_PORT = 9808
-SUPPORTED_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
+# filesystem: kombu's single-machine transport, used by celery-stalk demo
+SUPPORTED_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "filesystem")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 REDACTED = "***"
@@ -44,7 +45,9 @@ class Config:
     @property
     def transport(self) -> str:
         scheme = urlsplit(self.broker_url).scheme
-        return "redis" if scheme.startswith("redis") else "amqp"
+        if scheme.startswith("redis"):
+            return "redis"
+        return "filesystem" if scheme == "filesystem" else "amqp"
 
     @property
     def redacted_broker_url(self) -> str:
