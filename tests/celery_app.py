@@ -20,6 +20,8 @@ def make_app(broker_url: str, transport_options: dict | None = None) -> Celery:
         task_send_sent_event=True,  # task-sent events: queue label and queue-wait metric
         worker_send_task_events=True,
         task_default_queue="work",
+        # a static route, followed by `celery -A tests.celery_app stalk`
+        task_routes={"tests.*": {"queue": "work"}},
         broker_transport_options=transport_options or {},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

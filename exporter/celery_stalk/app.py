@@ -79,7 +79,7 @@ class QueueDiscovery:
 
 def run(config: Config) -> int:
     setup_logging(config)
-    model = Model(config.model, static_queues=config.queues)
+    model = Model(config.model, static_queues=config.queues, routes=config.task_routes)
     reader = reader_for(config)
     consumer = EventConsumer(model, config.broker_url, config.transport_options)
     stopping = threading.Event()

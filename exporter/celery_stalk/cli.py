@@ -22,6 +22,9 @@ SERVE_OPTIONS = [
      "comma-separated).", None, True),
     ("broker-transport-option", "key=value (JSON value) passed to kombu and honoured by the "
      "queue reader: priority_steps, sep, global_keyprefix (repeatable).", None, True),
+    ("task-route", "task=queue: the queue label of tasks whose task-sent event was not seen; "
+     "task may be a glob with * as in Celery's task_routes (repeatable, or comma-separated).",
+     None, True),
     ("worker-timeout", "Seconds without a heartbeat before a worker is reported down "
      "(at least 2.5 of the worker's heartbeat intervals).", "20", False),
     ("worker-ttl", "Seconds after which a down worker's series are forgotten; fleet totals "
@@ -49,7 +52,8 @@ def env_var(flag: str) -> str:
     return f"{ENV_PREFIX}_{flag.upper().replace('-', '_')}"
 
 
-def _options(command):
+def serve_options(command):
+    """The serve flags, each with its env var; shared with ``celery stalk``."""
     for flag, help_text, default, repeatable in reversed(SERVE_OPTIONS):
         command = click.option(
             f"--{flag}",
@@ -85,9 +89,14 @@ def main():
 
 
 @main.command()
-@_options
+@serve_options
 def serve(**raw):
     """Consume Celery events and serve Prometheus metrics."""
+    run_with(raw)
+
+
+def run_with(raw: dict) -> None:
+    """Parse the raw flag values into a Config and run the exporter; exits."""
     problems = []
     url_file = raw.pop("broker_url_file")
     if url_file:
@@ -108,6 +117,22 @@ def serve(**raw):
     from .app import run  # imported late: --help and bad flags stay fast
 
     sys.exit(run(config))
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True,
+              help="Port of the exporter's /metrics, on 127.0.0.1.")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
+              help="Stop after this many seconds of traffic (default: run until Ctrl-C).")
+def demo(port, duration):
+    """Run a sample Celery workload with the exporter and show a live summary.
+
+    Needs nothing installed: it starts redis-server if one is on PATH, else uses
+    kombu's filesystem transport in a temp dir.
+    """
+    from .demo.run import run_demo
+
+    sys.exit(run_demo(port, duration))
 
 
 def flags_markdown() -> str:

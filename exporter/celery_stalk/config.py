@@ -15,7 +15,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from .model import ModelSettings
 
 DEFAULT_PORT = 9808
-SUPPORTED_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
+# filesystem: kombu's single-machine transport, used by celery-stalk demo
+SUPPORTED_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "filesystem")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 REDACTED = "***"
@@ -34,6 +35,7 @@ class Config:
     listen_port: int = DEFAULT_PORT
     queues: tuple[str, ...] = ()
     transport_options: dict = field(default_factory=dict)
+    task_routes: tuple[tuple[str, str], ...] = ()  # (task name or glob, queue)
     model: ModelSettings = field(default_factory=ModelSettings)
     queue_read_timeout: float = 2.0
     queue_discovery_interval: float = 60.0
@@ -43,7 +45,9 @@ class Config:
     @property
     def transport(self) -> str:
         scheme = urlsplit(self.broker_url).scheme
-        return "redis" if scheme.startswith("redis") else "amqp"
+        if scheme.startswith("redis"):
+            return "redis"
+        return "filesystem" if scheme == "filesystem" else "amqp"
 
     @property
     def redacted_broker_url(self) -> str:
@@ -63,6 +67,7 @@ class Config:
         listen_address: str = f"0.0.0.0:{DEFAULT_PORT}",
         queue: tuple[str, ...] = (),
         broker_transport_option: tuple[str, ...] = (),
+        task_route: tuple[str, ...] = (),
         worker_timeout: str = "20",
         worker_ttl: str = "900",
         max_tracked_tasks: str = "100000",
@@ -114,6 +119,7 @@ class Config:
             listen_port=port,
             queues=p.queues(queue),
             transport_options=p.transport_options(broker_transport_option),
+            task_routes=p.routes(task_route),
             model=model,
             queue_read_timeout=p.positive("--queue-read-timeout", queue_read_timeout),
             queue_discovery_interval=p.positive("--queue-discovery-interval", queue_discovery_interval),
@@ -197,6 +203,20 @@ class _Parser:
                 if name and name not in names:
                     names.append(name)
         return tuple(names)
+
+    def routes(self, raw: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+        routes = []
+        for item in raw:
+            for route in item.split(","):
+                pattern, sep, queue = (part.strip() for part in route.partition("="))
+                if not sep or not pattern or not queue:
+                    self._fail(
+                        f"--task-route: {route.strip()!r} is not task=queue, "
+                        "e.g. --task-route 'proj.reports.*=reports'"
+                    )
+                    continue
+                routes.append((pattern, queue))
+        return tuple(routes)
 
     def transport_options(self, raw: tuple[str, ...]) -> dict:
         options = {}

@@ -11,6 +11,7 @@ they need under the lock so a scrape never sees a half-applied event.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import threading
 from bisect import bisect_left
@@ -162,6 +163,38 @@ class TaskTracker:
         return len(self.young) + len(self.old)
 
 
+class TaskRoutes:
+    """Static task name -> queue routes, read as Celery reads ``task_routes``.
+
+    A name with a ``*`` is a shell glob (fnmatch), any other is exact. Exact
+    names win, then globs in the order given, as in Celery's router.
+    """
+
+    __slots__ = ("exact", "patterns", "_cache")
+
+    def __init__(self, routes: tuple[tuple[str, str], ...] = ()):
+        self.exact: dict[str, str] = {}
+        self.patterns: list[tuple[re.Pattern, str]] = []
+        for pattern, queue in routes:
+            if "*" in pattern:
+                self.patterns.append((re.compile(fnmatch.translate(pattern)), queue))
+            else:
+                self.exact.setdefault(pattern, queue)
+        # Bounded: only names admitted by the task name cap are looked up.
+        self._cache: dict[str, str | None] = {}
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([*self.exact.values(), *(q for _, q in self.patterns)]))
+
+    def queue_for(self, name: str) -> str | None:
+        if name in self.exact:
+            return self.exact[name]
+        if name not in self._cache:
+            self._cache[name] = next((q for p, q in self.patterns if p.match(name)), None)
+        return self._cache[name]
+
+
 class Worker:
     __slots__ = ("last_seen", "active", "processed", "freq", "offline", "lost", "version")
 
@@ -210,8 +243,14 @@ class Snapshot:
 
 
 class Model:
-    def __init__(self, settings: ModelSettings | None = None, static_queues: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        settings: ModelSettings | None = None,
+        static_queues: tuple[str, ...] = (),
+        routes: tuple[tuple[str, str], ...] = (),
+    ):
         self.settings = s = settings or ModelSettings()
+        self._routes = TaskRoutes(routes)
         self._lock = threading.Lock()
         self._tracker = TaskTracker(s.max_tracked_tasks)
         self._counters: dict[str, dict[tuple[str, str], int]] = {t: {} for t in TASK_EVENTS}
@@ -229,7 +268,9 @@ class Model:
         # own task-sent event was not seen (see README, "Which queue").
         self._queue_of_name: dict[str, str] = {}
         self._task_names = LabelCap(s.max_task_names, (UNKNOWN,))
-        self._queue_names = LabelCap(s.max_queues, (UNKNOWN,) + tuple(static_queues))
+        self._queue_names = LabelCap(
+            s.max_queues, (UNKNOWN,) + tuple(static_queues) + self._routes.queues
+        )
         self._exception_names = LabelCap(s.max_exceptions, (UNKNOWN,))
         self._worker_names = LabelCap(s.max_workers)
         self._connected = False
@@ -307,8 +348,8 @@ class Model:
         if name is None:
             self._name_unknown[kind] = self._name_unknown.get(kind, 0) + 1
             return UNKNOWN, UNKNOWN
-        queue = task.queue or self._queue_of_name.get(name, UNKNOWN)
-        return name, queue
+        queue = task.queue or self._queue_of_name.get(name) or self._routes.queue_for(name)
+        return name, queue or UNKNOWN
 
     def _count(self, kind: str, labels: tuple[str, str]) -> None:
         counter = self._counters[kind]

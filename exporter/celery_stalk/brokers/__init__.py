@@ -32,6 +32,10 @@ def reader_for(config) -> QueueReader:
         from .redis import RedisQueueReader
 
         return RedisQueueReader(config.broker_url, config.transport_options, config.queue_read_timeout)
+    if config.transport == "filesystem":
+        from .filesystem import FilesystemQueueReader
+
+        return FilesystemQueueReader(config.transport_options)
     from .amqp import AmqpQueueReader
 
     return AmqpQueueReader(config.broker_url, config.transport_options, config.queue_read_timeout)
