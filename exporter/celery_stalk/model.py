@@ -178,6 +178,7 @@ class Worker:
 @dataclass
 class WorkerView:
     up: bool
+    offline: bool  # said goodbye (worker-offline): down, but not lost
     last_heartbeat: float
     active: int
     processed: int
@@ -483,6 +484,7 @@ class Model:
             workers = {
                 name: WorkerView(
                     up=self._is_up(w, now),
+                    offline=w.offline,
                     last_heartbeat=w.last_seen,
                     active=w.active,
                     processed=w.processed,
