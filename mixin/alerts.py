@@ -47,6 +47,10 @@ def _sel(c: Config, metric: str, *matchers: str) -> str:
     return f"{metric}{{{', '.join((c.selector, *matchers))}}}"
 
 
+def _span(total: int) -> str:
+    return f"{total // 60} minutes" if total % 60 == 0 else f"{total} seconds"
+
+
 class Names:
     """Recording rule names; the window is part of the name, as Prometheus convention asks."""
 
@@ -60,7 +64,8 @@ class Names:
 
 def recording_rules(c: Config) -> list[Recording]:
     n = Names(c)
-    tl = f'exception=~"{TIME_LIMIT_EXCEPTIONS}"'
+    limits = _sel(c, "celery_task_exceptions_total", f'exception=~"{TIME_LIMIT_EXCEPTIONS}"')
+    wait_buckets = _sel(c, "celery_task_queue_wait_seconds_bucket")
     w = c.time_limit_window
     return [
         # 1 while the worker is down without having said goodbye (worker-offline),
@@ -81,21 +86,23 @@ sum without (queue) (increase({_sel(c, "celery_task_failed_total")}[{c.failure_w
 )"""),
         Recording("queues", n.wait_p95, f"""\
 histogram_quantile(0.95,
-  sum without (task) (rate({_sel(c, "celery_task_queue_wait_seconds_bucket")}[{c.queue_wait_window}]))
+  sum without (task) (rate({wait_buckets}[{c.queue_wait_window}]))
 )"""),
         # increase() cannot see the first hit of a task: that series is created at 1.
         # A series that did not exist one window ago, from an exporter that did, is
         # counted whole; the guard keeps a fresh Prometheus or a long scrape gap quiet.
         Recording("tasks", n.time_limit_hits, f"""\
-increase({_sel(c, "celery_task_exceptions_total", tl)}[{w}]) > 0
+increase({limits}[{w}]) > 0
 or
 (
-    {_sel(c, "celery_task_exceptions_total", tl)}
-  unless
-    {_sel(c, "celery_task_exceptions_total", tl)} offset {w}
-)
+    (
+        {limits}
+      unless
+        {limits} offset {w}
+    )
   and ignoring (task, queue, exception)
-    group without (version) ({_sel(c, "celery_stalk_build_info")} offset {w})"""),
+    group without (version) ({_sel(c, "celery_stalk_build_info")} offset {w})
+)"""),
     ]
 
 
@@ -190,7 +197,8 @@ def alerts(c: Config) -> list[Alert]:
                 "Task metrics (throughput, failures, run time, wait) come only from Celery's task "
                 "events, which workers send only when started with `-E` or with "
                 "`worker_send_task_events = True`. This fires when the evidence says tasks run "
-                f"but none of their events arrived for {c.events_stalled_window}: either heartbeats "
+                f"but none of their events arrived for {c.events_stalled_window}: either "
+                "heartbeats "
                 "report tasks executing (`celery_worker_tasks_active`) yet no task-received/"
                 "started/succeeded/failed event came, or the exporter heard no event at all while "
                 "the broker shows the queues being consumed (RabbitMQ consumers, or a Redis queue "
@@ -206,7 +214,7 @@ def alerts(c: Config) -> list[Alert]:
                 "Add `-E` to the worker command or `worker_send_task_events = True` to the "
                 "Celery config and restart the workers; `celery -A proj control enable_events` "
                 "turns events on until the next restart. If events do exist, restart the "
-                "exporter and tell us: its consumer should never be stuck. Redis drops a "
+                "exporter and report it as a bug: its consumer should never be stuck. Redis drops a "
                 "subscriber whose output buffer overflows (`client-output-buffer-limit pubsub`)."
             ),
         ),
@@ -309,7 +317,8 @@ and
 {_sel(c, "celery_queue_messages")} >= {c.backlog_min_messages}""",
             for_=c.backlog_for,
             severity="warning",
-            summary="A Celery queue's backlog keeps growing: tasks arrive faster than they are taken.",
+            summary=("A Celery queue's backlog keeps growing: tasks arrive faster than they "
+                     "are taken."),
             description=(
                 "Queue {{ $labels.queue }} has grown for " + c.backlog_for + " (by "
                 "{{ $value | humanize }} messages per minute over the last " + c.backlog_window
@@ -398,8 +407,8 @@ and
                 "all finished tasks (succeeded + failed) of one task name, over "
                 f"{c.failure_window}, above {c.failure_ratio:.0%} for {c.failure_for}, with at "
                 f"least {c.failure_min_tasks} tasks finished in the window. Retries are "
-                "`task-retried` and do not count. A single failure, or a burst shorter than "
-                f"{seconds(c.failure_for) - seconds(c.failure_window)} s past the window, "
+                "`task-retried` and do not count. A single failure, or a burst of failures "
+                f"shorter than {_span(seconds(c.failure_for) - seconds(c.failure_window))}, "
                 "does not page."
             ),
             confirm=(
@@ -449,6 +458,7 @@ and
 
 def _events_stalled(c: Config) -> str:
     w = c.events_stalled_window
+    task_events = _sel(c, "celery_stalk_events_total", f'type=~"{WORKER_TASK_EVENTS}"')
     return f"""\
 (
     sum without (worker) (
@@ -457,7 +467,7 @@ def _events_stalled(c: Config) -> str:
         {_sel(c, "celery_worker_up")} == 1
     )
   unless
-    sum without (type) (increase({_sel(c, "celery_stalk_events_total", f'type=~"{WORKER_TASK_EVENTS}"')}[{w}])) > 0
+    sum without (type) (increase({task_events}[{w}])) > 0
 )
 or
 (

@@ -93,5 +93,4 @@ TEST = replace(
     failure_window="20s",
     failure_for="30s",
     time_limit_window="1m",
-    dashboard_refresh="5s",
 )

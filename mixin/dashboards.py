@@ -46,10 +46,10 @@ def or_zero(expr: str) -> str:
 
 
 # Worker state for state timelines and tables: 1 up, 0 shut down cleanly, 2 lost.
-WORKER_STATE = (
-    f"max by (worker) ({sel('celery_worker_up', WORKER_LABELS)} + 2 * "
-    f"(1 - {sel('celery_worker_up', WORKER_LABELS)}) * (1 - {sel('celery_worker_offline', WORKER_LABELS)}))"
-)
+_UP, _OFFLINE = sel("celery_worker_up", WORKER_LABELS), sel("celery_worker_offline", WORKER_LABELS)
+WORKER_STATE = f"max by (worker) ({_UP} + 2 * (1 - {_UP}) * (1 - {_OFFLINE}))"
+HEARTBEAT_AGE = (f"time() - max by (worker) "
+                 f"({sel('celery_worker_last_heartbeat_timestamp_seconds', WORKER_LABELS)})")
 WORKER_STATE_MAPPINGS = [{"type": "value", "options": {
     "0": {"text": "shut down", "color": "blue", "index": 0},
     "1": {"text": "up", "color": "green", "index": 1},
@@ -250,7 +250,8 @@ def task() -> tuple[str, list[dict]]:
         stat("Retried", "Retries per second.", or_zero(f"sum({rate('celery_task_retried_total')})"),
              "ops"),
         stat("Run time p95", "95th percentile run time of succeeded tasks.",
-             f"histogram_quantile(0.95, sum by (le) ({rate('celery_task_runtime_seconds_bucket')}))",
+             f"histogram_quantile(0.95, sum by (le) "
+             f"({rate('celery_task_runtime_seconds_bucket')}))",
              "s"),
         stat("Queue wait p95", "95th percentile time from sent to started.",
              f"histogram_quantile(0.95, sum by (le) "
@@ -313,8 +314,7 @@ def queue() -> tuple[str, list[dict]]:
 
 
 def worker() -> tuple[str, list[dict]]:
-    up = sel("celery_worker_up", WORKER_LABELS)
-    offline = sel("celery_worker_offline", WORKER_LABELS)
+    up, offline = _UP, _OFFLINE
     return "Celery / Worker", [
         row("Selected workers"),
         stat("Up", "Workers whose heartbeats arrive.", f"sum({up})"),
@@ -330,14 +330,11 @@ def worker() -> tuple[str, list[dict]]:
                    [target(f"sum by (worker) ({sel('celery_worker_tasks_active', WORKER_LABELS)})",
                            "{{worker}}")]),
         timeseries("Heartbeat age", "Seconds since the exporter last heard from the worker.",
-                   [target(f"time() - max by (worker) ("
-                           f"{sel('celery_worker_last_heartbeat_timestamp_seconds', WORKER_LABELS)})",
-                           "{{worker}}")], "s"),
+                   [target(HEARTBEAT_AGE, "{{worker}}")], "s"),
         table("Workers", "Each worker's state, tasks executing and heartbeat age.", {
             "state": WORKER_STATE,
             "executing": f"max by (worker) ({sel('celery_worker_tasks_active', WORKER_LABELS)})",
-            "heartbeat age": f"time() - max by (worker) "
-                             f"({sel('celery_worker_last_heartbeat_timestamp_seconds', WORKER_LABELS)})",
+            "heartbeat age": HEARTBEAT_AGE,
         }),
     ]
 

@@ -40,7 +40,7 @@ def test_panels_are_current_types_on_the_datasource_variable(path):
     ids = [p["id"] for p in panels(dashboard)]
     assert len(set(ids)) == len(ids)
     for p in panels(dashboard):
-        assert p["type"] in MODERN_PANELS, f"{p['title']}: {p['type']} (Angular graph panels are gone)"
+        assert p["type"] in MODERN_PANELS, f"{p['title']}: {p['type']} is not a current panel"
         pos = p["gridPos"]
         assert pos["x"] + pos["w"] <= 24, p["title"]
         if p["type"] == "row":

@@ -85,7 +85,7 @@ def test_every_alert_is_tested_quiet_just_before_and_firing_at_its_edge():
                 if any(fires and timeline.get(t - step) is False for t, fires in timeline.items()):
                     covered.add(name)
     missing = {rule["alert"] for rule in alerting_rules()} - covered
-    assert not missing, f"no promtool test shows these quiet one evaluation before firing: {missing}"
+    assert not missing, f"no promtool test shows them quiet one evaluation before firing: {missing}"
 
 
 def test_every_alert_has_severity_summary_templated_description_and_runbook():
@@ -130,5 +130,5 @@ def test_readme_alert_table_is_generated_from_the_rules():
     begin, end = "<!-- alerts:begin -->", "<!-- alerts:end -->"
     assert begin in readme and end in readme
     table = readme.split(begin, 1)[1].split(end, 1)[0].strip()
-    assert table == alert_table(DEFAULT), "README alert table drifted: paste mixin.alerts.alert_table"
+    assert table == alert_table(DEFAULT), "README alert table drifted: paste alert_table()"
     assert len(alerts(DEFAULT)) == len(alerting_rules())
