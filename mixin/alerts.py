@@ -5,8 +5,8 @@ runbook_url to its section of alerts/runbook.md, which is rendered from the same
 definitions so the thresholds it quotes are the ones in the rules.
 
 Conventions in the expressions: aggregations use ``without (...)`` so the target's own
-labels (job, instance, namespace, pod...) survive; counters are only ever read through
-rate/increase; series that appear only after their first event (failures, exceptions,
+labels (job, instance, namespace, pod...) survive; counters are read through rate/increase,
+never averaged; series that appear only after their first event (failures, exceptions,
 per-type event counts) are handled so that their absence cannot silence an alert.
 """
 

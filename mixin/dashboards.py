@@ -204,7 +204,9 @@ def overview() -> tuple[str, list[dict]]:
 
 
 def exporter_health() -> list[dict]:
-    per_s = lambda metric: f"sum({rate(metric, ('job',))})"  # noqa: E731
+    def per_s(metric: str) -> str:
+        return f"sum({rate(metric, ('job',))})"
+
     return [
         row("Exporter"),
         timeseries("Events applied by type", "Celery events the exporter applied per second.",
@@ -239,8 +241,10 @@ def exporter_health() -> list[dict]:
 def task() -> tuple[str, list[dict]]:
     failed = f"sum({rate('celery_task_failed_total')})"
     succeeded = f"sum({rate('celery_task_succeeded_total')})"
-    totals = lambda metric: (  # noqa: E731
-        f"sum by (task, queue) (increase({sel(metric, TASK_LABELS)}[{RANGE}]))")
+
+    def totals(metric: str) -> str:
+        return f"sum by (task, queue) (increase({sel(metric, TASK_LABELS)}[{RANGE}]))"
+
     return "Celery / Task", [
         row("Selected tasks"),
         stat("Succeeded", "Tasks succeeded per second.", succeeded, "ops"),
@@ -281,7 +285,9 @@ def task() -> tuple[str, list[dict]]:
 
 
 def queue() -> tuple[str, list[dict]]:
-    by_queue = lambda metric: f"sum by (queue) ({rate(metric, QUEUE_LABELS)})"  # noqa: E731
+    def by_queue(metric: str) -> str:
+        return f"sum by (queue) ({rate(metric, QUEUE_LABELS)})"
+
     return "Celery / Queue", [
         row("Selected queues"),
         timeseries("Messages waiting", "Ready messages in the broker queue (Redis: the list and "

@@ -88,7 +88,8 @@ def test_killed_worker_pages_and_graceful_shutdown_does_not(stack, fleet):
 
     # The cleanly stopped worker had been down longer than the killed one, and Prometheus
     # holds its celery_worker_up 0: a rule on that alone would have paged for it too.
-    down = stack.prometheus.api("query", query=f'celery_worker_up{{worker="{graceful.nodename}"}}')
+    down = stack.prometheus.api(
+        "query", query=f'min_over_time(celery_worker_up{{worker="{graceful.nodename}"}}[5m])')
     assert [s["value"][1] for s in down["result"]] == ["0"]
     assert all(a["labels"].get("worker") != graceful.nodename
                for a in stack.webhook.alerts("CeleryWorkerLost"))
@@ -98,9 +99,9 @@ def test_killed_worker_pages_and_graceful_shutdown_does_not(stack, fleet):
     # The exporter forgets the dead worker's series after --worker-ttl: the page stays.
     eventually(lambda: stack.exporter.scrape().get("celery_worker_up", worker=doomed.nodename)
                is None, 30, message="series forgotten")
-    forgotten = lambda: not stack.prometheus.api(  # noqa: E731
-        "query", query=f'celery_worker_up{{worker="{doomed.nodename}"}}')["result"]
-    eventually(forgotten, 10, message="Prometheus saw the series end")
+    eventually(lambda: not stack.prometheus.api(
+        "query", query=f'celery_worker_up{{worker="{doomed.nodename}"}}')["result"],
+        10, message="Prometheus saw the series end")
     assert [a["labels"].get("worker") for a in stack.prometheus.firing("CeleryWorkerLost")] == [
         doomed.nodename]
     assert all(a["labels"].get("worker") != graceful.nodename
