@@ -11,7 +11,7 @@ import os
 import time
 
 from celery import Celery
-from celery.exceptions import SoftTimeLimitExceeded  # noqa: F401  (raised by the pool)
+from celery.exceptions import Reject, SoftTimeLimitExceeded  # noqa: F401  (raised by the pool)
 
 def make_app(broker_url: str, transport_options: dict | None = None) -> Celery:
     """The app as both the worker and the producing test configure it."""
@@ -64,3 +64,9 @@ def flaky(self, fail_times):
     if self.request.retries < fail_times:
         raise self.retry(countdown=0.2, exc=ConnectionError("try again"))
     return "ok"
+
+
+@app.task(name="tests.reject", acks_late=True)
+def reject():
+    """Refuses its message for good (task-rejected); acks_late leaves a message to refuse."""
+    raise Reject("not for this worker", requeue=False)

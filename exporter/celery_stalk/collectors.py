@@ -66,6 +66,10 @@ CATALOG: dict[str, Metric] = {
         Metric("celery_worker_up", "gauge", ("worker",),
                "1 if the worker's heartbeat was received within the timeout and it has not "
                "sent worker-offline, else 0. Judged by the exporter's own clock."),
+        Metric("celery_worker_offline", "gauge", ("worker",),
+               "1 if the worker's last event was worker-offline (a clean shutdown, as in a "
+               "deploy or scale-down), else 0. A worker with celery_worker_up 0 and "
+               "celery_worker_offline 0 was lost."),
         Metric("celery_worker_last_heartbeat_timestamp_seconds", "gauge", ("worker",),
                "When the exporter last received a worker-online/heartbeat/offline event from "
                "the worker (exporter's clock)."),
@@ -163,16 +167,18 @@ class ModelCollector:
         yield _histogram("celery_task_runtime_seconds", snap.runtime, snap.runtime_buckets)
         yield _histogram("celery_task_queue_wait_seconds", snap.wait, snap.wait_buckets)
 
-        up, heartbeat, active = (
+        up, offline, heartbeat, active = (
             family("celery_worker_up"),
+            family("celery_worker_offline"),
             family("celery_worker_last_heartbeat_timestamp_seconds"),
             family("celery_worker_tasks_active"),
         )
         for worker, view in sorted(snap.workers.items()):
             up.add_metric([worker], 1 if view.up else 0)
+            offline.add_metric([worker], 1 if view.offline else 0)
             heartbeat.add_metric([worker], view.last_heartbeat)
             active.add_metric([worker], view.active)
-        yield from (up, heartbeat, active)
+        yield from (up, offline, heartbeat, active)
         yield _single("celery_workers", sum(1 for v in snap.workers.values() if v.up))
         yield _single("celery_worker_lost_total", snap.workers_lost)
 

@@ -211,6 +211,7 @@ class Worker:
 @dataclass
 class WorkerView:
     up: bool
+    offline: bool  # said goodbye (worker-offline): down, but not lost
     last_heartbeat: float
     active: int
     processed: int
@@ -525,6 +526,7 @@ class Model:
             workers = {
                 name: WorkerView(
                     up=self._is_up(w, now),
+                    offline=w.offline,
                     last_heartbeat=w.last_seen,
                     active=w.active,
                     processed=w.processed,

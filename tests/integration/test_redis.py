@@ -152,7 +152,9 @@ def test_sigkilled_worker_is_down_within_30s_and_counted_lost(redis_server, flee
     m = eventually(lambda: (m := exporter.scrape()).get("celery_worker_lost_total") == 1 and m,
                    5, message="lost counted")
     assert m.get("celery_workers") == 0
-    # the graceful shutdown was not a loss
+    # the graceful shutdown was not a loss, and each worker says which it was
     assert m.get("celery_worker_lost_total") == 1
+    assert m.get("celery_worker_offline", worker=graceful.nodename) == 1
+    assert m.get("celery_worker_offline", worker=doomed.nodename) == 0
     # full nodenames, never shortened
     assert m.label_values("celery_worker_up", "worker") == {doomed.nodename, graceful.nodename}

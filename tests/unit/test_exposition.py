@@ -57,6 +57,7 @@ def busy_model() -> Model:
     events = [
         ev.online("w1@host-a"),
         ev.heartbeat("w2@host-b", active=2),
+        ev.offline("w3@host-c"),
         *ev.lifecycle("t1", "app.add", "work", wait=0.2, runtime=0.03),
         *ev.lifecycle("t2", "app.add", "work", wait=4.0, runtime=12.0),
         ev.sent("t3", "app.charge", "billing"),

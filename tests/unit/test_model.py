@@ -263,11 +263,15 @@ def test_killed_worker_counts_as_lost_but_graceful_shutdown_does_not():
     assert not snap.workers["killed@a"].up
     assert not snap.workers["stopped@b"].up
     assert snap.workers_lost == 1
+    # per worker, a clean shutdown is told apart from a loss (what alerts name)
+    assert snap.workers["stopped@b"].offline and not snap.workers["killed@a"].offline
     # it comes back: up again, and the lost count stays (it is a counter)
     model.apply(ev.heartbeat("killed@a"), 1031.0)
     model.tick(1031.0)
     snap = model.snapshot(1031.0)
     assert snap.workers["killed@a"].up and snap.workers_lost == 1
+    model.apply(ev.online("stopped@b"), 1031.0)  # restarted after the deploy
+    assert not model.snapshot(1031.0).workers["stopped@b"].offline
 
 
 def test_slow_heartbeat_workers_get_two_and_a_half_intervals():
