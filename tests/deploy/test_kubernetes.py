@@ -120,6 +120,13 @@ def test_service_monitor_scrapes_every_exporter_through_its_service():
     services = [s for s in of_kind("Service")
                 if wanted.items() <= s["metadata"].get("labels", {}).items()]
     assert len(services) == len(exporter_containers()), "one selected Service per exporter"
+    # the operator names the job after this Service label: it must be the job the rules select
+    from mixin.config import DEFAULT
+
+    job_label = monitor["spec"]["jobLabel"]
+    for service in services:
+        job = service["metadata"]["labels"][job_label]
+        assert DEFAULT.selector == f'job="{job}"', (service["metadata"]["name"], job)
     for service in services:
         assert ports <= {port["name"] for port in service["spec"]["ports"]}
         selector = service["spec"]["selector"].items()
