@@ -41,7 +41,8 @@ SERVE_OPTIONS = [
     ("max-workers", "Distinct workers tracked at once.", "2000", False),
     ("events-stall-timeout", "Seconds without any event, while workers are up, after which the "
      "event consumer takes its subscription for silently lost (half-open connection, broker "
-     "failover) and reconnects. Must be shorter than --worker-timeout.", "10", False),
+     "failover) and reconnects. Must be shorter than --worker-timeout; default: half of it, "
+     "at most 10.", None, False),
     ("queue-read-timeout", "Seconds a queue depth read may take before the scrape reports "
      "celery_stalk_broker_up 0.", "2", False),
     ("queue-discovery-interval", "Seconds between scans for queues the broker knows "

@@ -18,6 +18,7 @@ from . import webconfig
 from .model import ModelSettings
 
 DEFAULT_PORT = 9808
+DEFAULT_STALL_TIMEOUT = 10.0
 SUPPORTED_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -104,7 +105,7 @@ class Config:
         max_queues: str = "500",
         max_exceptions: str = "500",
         max_workers: str = "2000",
-        events_stall_timeout: str = "10",
+        events_stall_timeout: str | None = None,
         queue_read_timeout: str = "2",
         queue_discovery_interval: str = "60",
         web_config_file: str | None = None,
@@ -142,7 +143,10 @@ class Config:
             max_exceptions=p.count("--max-exceptions", max_exceptions),
             max_workers=p.count("--max-workers", max_workers),
         )
-        stall_timeout = p.positive("--events-stall-timeout", events_stall_timeout)
+        if events_stall_timeout:
+            stall_timeout = p.positive("--events-stall-timeout", events_stall_timeout)
+        else:  # well before a silent fleet would be reported lost
+            stall_timeout = min(DEFAULT_STALL_TIMEOUT, model.worker_timeout / 2)
         worker_timeout_ok = not any(x.startswith("--worker-timeout") for x in problems)
         if stall_timeout >= model.worker_timeout and worker_timeout_ok:
             problems.append(

@@ -186,8 +186,11 @@ class EventConsumer:
         self.model.consumer_disconnected()
 
     def _queue(self, connection: Connection) -> Queue:
+        # A new name on every connect: after a stall the dead connection may
+        # still hold the old queue as a consumer until the broker notices, and
+        # sharing it would hand it every other event.
         return Queue(
-            f"celeryev.{self.node_id}",
+            f"celeryev.{self.node_id}.{uuid.uuid4().hex[:8]}",
             exchange=get_exchange(connection),
             routing_key="#",
             auto_delete=True,

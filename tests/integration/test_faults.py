@@ -74,7 +74,7 @@ def send_and_wait(exporter, url, n, expected_total):
     for i in range(n):
         producer.send_task("tests.add", args=(i, i))
     eventually(lambda: exporter.scrape().sum("celery_task_succeeded_total") >= expected_total, 60,
-               message=f"{expected_total} tasks succeeded")
+               message=f"{expected_total} tasks succeeded\n{exporter.output()[-3000:]}")
     time.sleep(1.5)  # a late or doubled event would show now
     assert exporter.scrape().sum("celery_task_succeeded_total") == expected_total
 
@@ -177,7 +177,8 @@ def test_silently_dead_connection_is_noticed_and_replaced(broker, request, fleet
     server = request.getfixturevalue(f"{broker}_server")
     url = server.url if broker == "rabbitmq" else server.url.rsplit("/", 1)[0] + "/11"
     with TcpProxy(server.port) as proxy:
-        exporter = fleet(ExporterProcess(proxy.url(url), "--events-stall-timeout", "4"))
+        exporter = fleet(ExporterProcess(proxy.url(url), "--events-stall-timeout", "6",
+                                         "--worker-timeout", "30"))
         worker = fleet(WorkerProcess(url, f"stall-{broker}@{HOST}", concurrency=1))
         wait_worker_up(exporter, worker.nodename, 60)
         base = exporter.scrape().sum("celery_task_succeeded_total")
@@ -208,7 +209,8 @@ def test_rabbitmq_event_queue_deleted_under_the_consumer_is_declared_again(rabbi
     rabbitmq_server.ctl("delete_queue", name)
     eventually(lambda: exporter.scrape().get("celery_stalk_broker_reconnects_total") >= 1, 30,
                message="consumer cancelled by the broker reconnects")
-    eventually(lambda: name in rabbitmq_server.ctl("list_queues", "name"), 30,
+    ours = name.rsplit(".", 1)[0] + "."  # the exporter's own prefix; a new queue per connect
+    eventually(lambda: ours in rabbitmq_server.ctl("list_queues", "name"), 30,
                message="event queue declared again")
     eventually(exporter.ready, 20)
     send_and_wait(exporter, url, 2, before + 2)

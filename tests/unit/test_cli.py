@@ -154,3 +154,9 @@ def test_broker_tls_defaults_verify_and_options_map_to_each_transport():
     assert amqp.kombu_ssl == {"ca_certs": "/etc/hostname", "cert_reqs": ssl.CERT_REQUIRED,
                               "server_hostname": None}
     assert Config.parse(broker_url="amqp://mq//").kombu_ssl is False
+
+
+def test_stall_timeout_defaults_to_half_the_worker_timeout_at_most_10s():
+    assert Config.parse(broker_url="redis://r/0").events_stall_timeout == 10
+    assert Config.parse(broker_url="redis://r/0", worker_timeout="5").events_stall_timeout == 2.5
+    assert Config.parse(broker_url="redis://r/0", events_stall_timeout="3").events_stall_timeout == 3
