@@ -82,12 +82,6 @@ def label_value(value: object) -> str | None:
     return value
 
 
-def _task_id(value: object) -> str | None:
-    if isinstance(value, str) and len(value) <= MAX_TASK_ID_LENGTH:
-        return value
-    return None
-
-
 @dataclass(frozen=True)
 class ModelSettings:
     worker_timeout: float = 20.0
