@@ -64,15 +64,17 @@ class Metrics:
         return {dict(ls)[label] for (n, ls) in self.samples if n == name and label in dict(ls)}
 
 
-def scrape(url: str, timeout: float = 10.0) -> Metrics:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def scrape(url: str, timeout: float = 10.0, context=None) -> Metrics:
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
         return Metrics(response.read().decode())
 
 
 class ExporterProcess:
     """``celery-stalk serve`` as users run it, in its own process."""
 
-    def __init__(self, broker_url: str, *args: str, env: dict | None = None):
+    def __init__(self, broker_url: str, *args: str, env: dict | None = None, tls_context=None):
+        """``tls_context``: the client side for an exporter serving TLS (--web-config-file)."""
+        self.tls_context = tls_context
         self.port = free_port()
         self.args = [sys.executable, "-m", "celery_stalk", "serve", "--broker-url", broker_url,
                      "--listen-address", f"127.0.0.1:{self.port}", *args]
@@ -82,7 +84,7 @@ class ExporterProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_context else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, wait_ready: bool = True) -> "ExporterProcess":
         self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -91,18 +93,18 @@ class ExporterProcess:
         return self
 
     def serving(self) -> bool:
-        with urllib.request.urlopen(self.url + "/healthz", timeout=2) as response:
+        with urllib.request.urlopen(self.url + "/healthz", timeout=2, context=self.tls_context) as response:
             return response.status == 200
 
     def ready(self) -> bool:
         try:
-            with urllib.request.urlopen(self.url + "/readyz", timeout=2) as response:
+            with urllib.request.urlopen(self.url + "/readyz", timeout=2, context=self.tls_context) as response:
                 return response.status == 200
         except urllib.error.HTTPError:
             return False
 
     def scrape(self) -> Metrics:
-        return scrape(self.url + "/metrics")
+        return scrape(self.url + "/metrics", context=self.tls_context)
 
     def output(self) -> str:
         self.log.flush()

@@ -18,6 +18,7 @@ from .config import Config, redact
 from .events import EventConsumer
 from .http import build_app, serve
 from .model import Model
+from .webconfig import BasicAuth, ServerTLS
 
 log = logging.getLogger("celery_stalk")
 
@@ -57,6 +58,17 @@ def setup_logging(config: Config) -> None:
     # kombu and amqp log every reconnect attempt at warning; ours say it once, clearly.
     for noisy in ("kombu", "amqp", "celery"):
         logging.getLogger(noisy).setLevel(max(logging.ERROR, root.level))
+    # Everything that would reach stderr without the logger (warnings, an
+    # uncaught exception in any thread) goes through the redacting formatter.
+    logging.captureWarnings(True)
+
+    def log_uncaught(exc_type, exc, tb, thread_name="main"):
+        log.critical("uncaught exception in thread %s", thread_name, exc_info=(exc_type, exc, tb))
+
+    sys.excepthook = log_uncaught
+    threading.excepthook = lambda args: log_uncaught(
+        args.exc_type, args.exc_value, args.exc_traceback, getattr(args.thread, "name", "?")
+    )
 
 
 class QueueDiscovery:
@@ -75,13 +87,17 @@ class QueueDiscovery:
             self.stop.wait(self.interval)
 
 
-
-
 def run(config: Config) -> int:
     setup_logging(config)
     model = Model(config.model, static_queues=config.queues, routes=config.task_routes)
     reader = reader_for(config)
-    consumer = EventConsumer(model, config.broker_url, config.transport_options)
+    consumer = EventConsumer(
+        model,
+        config.broker_url,
+        config.transport_options,
+        ssl=config.kombu_ssl,
+        stall_timeout=config.events_stall_timeout,
+    )
     stopping = threading.Event()
     discovery = QueueDiscovery(reader, model, config.queue_discovery_interval, stopping)
 
@@ -89,10 +105,13 @@ def run(config: Config) -> int:
     registry.register(Exporter([ModelCollector(model), QueueCollector(model, reader)], __version__))
 
     def ready() -> tuple[bool, str]:
+        if stopping.is_set():
+            return False, "not ready: shutting down"
         if consumer.consuming.is_set():
             return True, "ready: consuming events"
         return False, "not ready: not connected to the broker"
 
+    web = config.web
     app = build_app(
         registry,
         healthy=consumer.is_alive,
@@ -102,9 +121,11 @@ def run(config: Config) -> int:
             "broker": config.redacted_broker_url,
             "queues from --queue": ", ".join(config.queues) or "(none)",
         },
+        auth=BasicAuth(web.users) if web.users else None,
     )
     try:
-        server = serve(app, config.listen_host, config.listen_port)
+        tls = ServerTLS(web.tls) if web.tls else None
+        server = serve(app, config.listen_host, config.listen_port, tls)
     except OSError as exc:
         log.error(
             "cannot listen on %s:%s (%s): pick a free port with --listen-address host:port",
@@ -124,8 +145,9 @@ def run(config: Config) -> int:
     http_thread = threading.Thread(target=server.serve_forever, name="celery-stalk-http", daemon=True)
     http_thread.start()
     log.info(
-        "celery-stalk %s serving http://%s:%s/metrics for broker %s",
-        __version__, config.listen_host, server.server_port, config.redacted_broker_url,
+        "celery-stalk %s serving %s://%s:%s/metrics for broker %s%s",
+        __version__, "https" if tls else "http", config.listen_host, server.server_port,
+        config.redacted_broker_url, " (basic auth on /metrics and /)" if web.users else "",
     )
 
     while not stopping.wait(0.5):
@@ -133,9 +155,14 @@ def run(config: Config) -> int:
 
     deadline = time.monotonic() + SHUTDOWN_GRACE
     consumer.stop()
-    server.shutdown()  # stop accepting; in-flight scrapes finish in server_close
+    server.shutdown()  # stop accepting new connections
+    if not server.drain(deadline):  # let the scrapes in flight finish, within the grace
+        log.warning("a request was still in flight after %.0f s; exiting anyway", SHUTDOWN_GRACE)
     server.server_close()
     consumer.thread.join(max(0.0, deadline - time.monotonic()))
-    reader.close()
+    # Closing politely can block on a dead connection: only within the grace.
+    closer = threading.Thread(target=reader.close, name="celery-stalk-close", daemon=True)
+    closer.start()
+    closer.join(max(0.1, deadline - time.monotonic()))
     log.info("stopped")
     return 0

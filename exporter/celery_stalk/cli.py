@@ -25,6 +25,9 @@ SERVE_OPTIONS = [
     ("task-route", "task=queue: the queue label of tasks whose task-sent event was not seen; "
      "task may be a glob with * as in Celery's task_routes (repeatable, or comma-separated).",
      None, True),
+    ("broker-ssl-option", "key=value for TLS to the broker (rediss://, amqps://), used by the "
+     "event consumer and the queue reader: ca_certs, certfile, keyfile (PEM files), cert_reqs "
+     "(required, the default; optional; none) (repeatable).", None, True),
     ("worker-timeout", "Seconds without a heartbeat before a worker is reported down "
      "(at least 2.5 of the worker's heartbeat intervals).", "20", False),
     ("worker-ttl", "Seconds after which a down worker's series are forgotten; fleet totals "
@@ -39,10 +42,16 @@ SERVE_OPTIONS = [
     ("max-exceptions", "Distinct exception types before new ones are reported as \"other\".",
      "500", False),
     ("max-workers", "Distinct workers tracked at once.", "2000", False),
+    ("events-stall-timeout", "Seconds without any event, while workers are up, after which the "
+     "event consumer takes its subscription for silently lost (half-open connection, broker "
+     "failover) and reconnects. Must be shorter than --worker-timeout; default: half of it, "
+     "at most 10.", None, False),
     ("queue-read-timeout", "Seconds a queue depth read may take before the scrape reports "
      "celery_stalk_broker_up 0.", "2", False),
     ("queue-discovery-interval", "Seconds between scans for queues the broker knows "
      "(Redis bindings).", "60", False),
+    ("web-config-file", "YAML file that turns on TLS and basic auth for the HTTP endpoints "
+     "(the Prometheus exporter-toolkit format: tls_server_config, basic_auth_users).", None, False),
     ("log-level", "debug, info, warning or error.", "info", False),
     ("log-format", "text or json.", "text", False),
 ]
@@ -133,6 +142,20 @@ def demo(port, duration):
     from .demo.run import run_demo
 
     sys.exit(run_demo(port, duration))
+
+
+@main.command("hash-password")
+def hash_password():
+    """Read a password (prompted, or from stdin) and print its bcrypt hash for basic_auth_users."""
+    if sys.stdin.isatty():
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise click.UsageError("empty password: type one, or pipe it in")
+    from .webconfig import hash_password as bcrypt_hash
+
+    click.echo(bcrypt_hash(password))
 
 
 def flags_markdown() -> str:

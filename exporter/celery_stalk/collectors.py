@@ -86,15 +86,18 @@ CATALOG: dict[str, Metric] = {
         Metric("celery_stalk_events_total", "counter", ("type",),
                "Celery events applied, by event type (other: types this version does not know)."),
         Metric("celery_stalk_events_invalid_total", "counter", ("reason",),
-               "Messages or events that could not be applied and were skipped, by reason."),
+               "Messages or events that could not be applied and were skipped, by reason: "
+               "not_json, content_type, bad_envelope (not a kombu message), not_an_object, "
+               "missing_type, missing_field (absent or wrongly typed), bad_value (empty, longer "
+               "than 300 characters or not UTF-8), internal_error (a bug: see the log)."),
         Metric("celery_stalk_last_event_timestamp_seconds", "gauge", (),
                "When the exporter last applied an event (exporter's clock)."),
         Metric("celery_stalk_task_name_unknown_total", "counter", ("type",),
                "Task events whose task name could not be joined on the task id (the event "
                "carries none and no task-sent/received was seen); counted under task=\"unknown\"."),
         Metric("celery_stalk_queue_wait_clock_skew_total", "counter", (),
-               "Queue waits that came out negative because producer and worker clocks "
-               "disagree; observed as 0."),
+               "Queue waits that came out negative (observed as 0) or longer than 30 days (not "
+               "observed) because producer and worker clocks disagree."),
         Metric("celery_stalk_tracked_tasks", "gauge", (),
                "Tasks in flight kept for joining events (bounded by --max-tracked-tasks)."),
         Metric("celery_stalk_tracked_tasks_evicted_total", "counter", (),
@@ -108,7 +111,12 @@ CATALOG: dict[str, Metric] = {
         Metric("celery_stalk_events_connected", "gauge", (),
                "1 if the event consumer is connected to the broker and consuming, else 0."),
         Metric("celery_stalk_broker_reconnects_total", "counter", (),
-               "Times the event consumer reconnected to the broker after losing it."),
+               "Times the event consumer reconnected to the broker after losing it (an error, "
+               "or a stall)."),
+        Metric("celery_stalk_events_stalls_total", "counter", (),
+               "Times no event at all arrived for --events-stall-timeout while workers were up "
+               "(a half-open connection or a pub/sub subscription lost in a broker failover), "
+               "so the event consumer reconnected."),
         Metric("celery_stalk_collector_success", "gauge", ("collector",),
                "1 if the collector succeeded in this scrape, else 0."),
         Metric("celery_stalk_collector_duration_seconds", "gauge", ("collector",),
@@ -193,6 +201,7 @@ class ModelCollector:
         yield _labelled("celery_stalk_label_overflow_total", snap.overflow)
         yield _single("celery_stalk_events_connected", 1 if snap.consumer_connected else 0)
         yield _single("celery_stalk_broker_reconnects_total", snap.reconnects)
+        yield _single("celery_stalk_events_stalls_total", snap.stalls)
 
 
 class QueueCollector:

@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import ssl
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from . import webconfig
 from .model import ModelSettings
 
 DEFAULT_PORT = 9808
+DEFAULT_STALL_TIMEOUT = 10.0
 # filesystem: kombu's single-machine transport, used by celery-stalk demo
 SUPPORTED_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "filesystem")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 REDACTED = "***"
+TLS_SCHEMES = ("rediss", "amqps")
+# --broker-ssl-option keys, named as in Celery's broker_use_ssl.
+BROKER_SSL_FILES = ("ca_certs", "certfile", "keyfile")
+CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 
 
 class ConfigError(ValueError):
@@ -36,9 +44,12 @@ class Config:
     queues: tuple[str, ...] = ()
     transport_options: dict = field(default_factory=dict)
     task_routes: tuple[tuple[str, str], ...] = ()  # (task name or glob, queue)
+    broker_ssl: dict = field(default_factory=dict)  # --broker-ssl-option, checked
     model: ModelSettings = field(default_factory=ModelSettings)
+    events_stall_timeout: float = 10.0
     queue_read_timeout: float = 2.0
     queue_discovery_interval: float = 60.0
+    web: webconfig.WebConfig = field(default_factory=webconfig.WebConfig)
     log_level: str = "info"
     log_format: str = "text"
 
@@ -48,6 +59,27 @@ class Config:
         if scheme.startswith("redis"):
             return "redis"
         return "filesystem" if scheme == "filesystem" else "amqp"
+
+    @property
+    def uses_tls(self) -> bool:
+        return urlsplit(self.broker_url).scheme in TLS_SCHEMES
+
+    @property
+    def kombu_ssl(self) -> dict | bool:
+        """kombu's ``Connection(ssl=...)``: False for a plain URL, else the
+        options in the transport's own key names, verifying the broker's
+        certificate unless told otherwise (kombu alone would not verify
+        rediss:// at all)."""
+        if not self.uses_tls:
+            return False
+        files = {key: value for key, value in self.broker_ssl.items() if key in BROKER_SSL_FILES}
+        reqs = self.broker_ssl.get("cert_reqs", "required")
+        if self.transport == "redis":  # redis-py's names, also taken by the queue reader
+            return {**{f"ssl_{key}": value for key, value in files.items()}, "ssl_cert_reqs": reqs}
+        options = {**files, "cert_reqs": CERT_REQS[reqs]}
+        if reqs == "required":
+            options["server_hostname"] = None  # kombu fills in the broker host: names are checked
+        return options
 
     @property
     def redacted_broker_url(self) -> str:
@@ -68,6 +100,7 @@ class Config:
         queue: tuple[str, ...] = (),
         broker_transport_option: tuple[str, ...] = (),
         task_route: tuple[str, ...] = (),
+        broker_ssl_option: tuple[str, ...] = (),
         worker_timeout: str = "20",
         worker_ttl: str = "900",
         max_tracked_tasks: str = "100000",
@@ -77,8 +110,10 @@ class Config:
         max_queues: str = "500",
         max_exceptions: str = "500",
         max_workers: str = "2000",
+        events_stall_timeout: str | None = None,
         queue_read_timeout: str = "2",
         queue_discovery_interval: str = "60",
+        web_config_file: str | None = None,
         log_level: str = "info",
         log_format: str = "text",
     ) -> Config:
@@ -113,6 +148,21 @@ class Config:
             max_exceptions=p.count("--max-exceptions", max_exceptions),
             max_workers=p.count("--max-workers", max_workers),
         )
+        if events_stall_timeout:
+            stall_timeout = p.positive("--events-stall-timeout", events_stall_timeout)
+        else:  # well before a silent fleet would be reported lost
+            stall_timeout = min(DEFAULT_STALL_TIMEOUT, model.worker_timeout / 2)
+        worker_timeout_ok = not any(x.startswith("--worker-timeout") for x in problems)
+        if stall_timeout >= model.worker_timeout and worker_timeout_ok:
+            problems.append(
+                f"--events-stall-timeout: {events_stall_timeout} must be shorter than --worker-timeout "
+                f"({model.worker_timeout:g}), or a lost subscription would report every worker lost first"
+            )
+        broker_ssl = p.broker_ssl(broker_ssl_option)
+        if broker_ssl and broker_url and urlsplit(broker_url.strip()).scheme not in TLS_SCHEMES:
+            problems.append(
+                "--broker-ssl-option: the broker URL is not a TLS one: use rediss:// or amqps://"
+            )
         config = cls(
             broker_url=(broker_url or "").strip(),
             listen_host=host,
@@ -120,9 +170,12 @@ class Config:
             queues=p.queues(queue),
             transport_options=p.transport_options(broker_transport_option),
             task_routes=p.routes(task_route),
+            broker_ssl=broker_ssl,
             model=model,
+            events_stall_timeout=stall_timeout,
             queue_read_timeout=p.positive("--queue-read-timeout", queue_read_timeout),
             queue_discovery_interval=p.positive("--queue-discovery-interval", queue_discovery_interval),
+            web=p.web_config(web_config_file),
             log_level=p.choice("--log-level", log_level.lower(), LOG_LEVELS),
             log_format=p.choice("--log-format", log_format.lower(), LOG_FORMATS),
         )
@@ -234,6 +287,36 @@ class _Parser:
             except ValueError:
                 options[key] = value  # a bare string such as sep=: needs no quotes
         return options
+
+
+    def broker_ssl(self, raw: tuple[str, ...]) -> dict:
+        options = {}
+        for item in raw:
+            key, sep, value = (part.strip() for part in item.partition("="))
+            if not sep or not value or key not in BROKER_SSL_FILES + ("cert_reqs",):
+                self._fail(
+                    f"--broker-ssl-option: {item!r} is not key=value with a key of "
+                    f"{', '.join(BROKER_SSL_FILES)}, cert_reqs, e.g. --broker-ssl-option ca_certs=/etc/ssl/broker-ca.pem"
+                )
+            elif key == "cert_reqs":
+                value = value.lower().removeprefix("cert_")
+                if value not in CERT_REQS:
+                    self._fail(f"--broker-ssl-option: cert_reqs={value!r} is not one of {', '.join(CERT_REQS)}")
+                options[key] = value
+            elif not os.access(value, os.R_OK):
+                self._fail(f"--broker-ssl-option: {key}={value!r} is not a readable file: check the path")
+            else:
+                options[key] = value
+        return options
+
+    def web_config(self, path: str | None) -> webconfig.WebConfig:
+        if not path:
+            return webconfig.WebConfig()
+        try:
+            return webconfig.load(path)
+        except webconfig.WebConfigError as exc:
+            self.problems.extend(exc.problems)
+            return webconfig.WebConfig()
 
 
 def _split_netloc_password(netloc: str) -> str | None:

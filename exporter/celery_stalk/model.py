@@ -12,6 +12,7 @@ they need under the lock so a scrape never sees a half-applied event.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 import threading
 from bisect import bisect_left
@@ -36,6 +37,24 @@ WORKER_EVENTS = ("worker-online", "worker-heartbeat", "worker-offline")
 OTHER_KNOWN_EVENTS = ("task-cancelled",)
 KNOWN_EVENTS = frozenset(TASK_EVENTS + WORKER_EVENTS + OTHER_KNOWN_EVENTS)
 
+# Bounds on what one event may carry into the model. Real task names, queues
+# and nodenames are far shorter (a DNS name is at most 253 characters); longer
+# strings are garbage or an attack and would become megabyte-sized labels.
+MAX_LABEL_LENGTH = 300
+MAX_TASK_ID_LENGTH = 256  # Celery task ids are 36-character UUIDs
+# Durations beyond this are clock errors, not waits or run times: observing
+# them would poison the histogram's _sum for good.
+MAX_DURATION = 30 * 24 * 3600.0
+MAX_HEARTBEAT_INTERVAL = 3600.0  # a larger freq would keep a dead worker "up" forever
+MAX_GAUGE_INT = 2**53  # exactly representable as a float sample
+
+# Reasons an event is skipped (celery_stalk_events_invalid_total{reason}); a
+# fixed set, never taken from the input, so the series stay bounded.
+NOT_AN_OBJECT = "not_an_object"
+MISSING_TYPE = "missing_type"
+MISSING_FIELD = "missing_field"  # absent or of the wrong JSON type
+BAD_VALUE = "bad_value"  # right type, unusable value: empty, too long, not UTF-8
+
 # ``safe_repr(exc)`` as Celery sends it: "ValueError('boom')",
 # "celery.exceptions.SoftTimeLimitExceeded()", "TimeLimitExceeded(60.0,)".
 _EXCEPTION_CLASS = re.compile(r"\s*([A-Za-z_][\w.]*)")
@@ -45,10 +64,23 @@ def exception_class(text: object) -> str:
     """Class name (no module, never the message) from a task-failed exception field."""
     if not isinstance(text, str):
         return UNKNOWN
-    match = _EXCEPTION_CLASS.match(text)
+    match = _EXCEPTION_CLASS.match(text[: 4 * MAX_LABEL_LENGTH])
     if not match:
         return UNKNOWN
-    return match.group(1).rsplit(".", 1)[-1] or UNKNOWN
+    return label_value(match.group(1).rsplit(".", 1)[-1]) or UNKNOWN
+
+
+def label_value(value: object) -> str | None:
+    """``value`` if it can be a label value (a non-empty string of valid UTF-8 no
+    longer than MAX_LABEL_LENGTH), else None."""
+    if not isinstance(value, str) or not value or len(value) > MAX_LABEL_LENGTH:
+        return None
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: undecodable bytes upstream
+            return None
+    return value
 
 
 @dataclass(frozen=True)
@@ -241,6 +273,7 @@ class Snapshot:
     overflow: dict[str, int]
     consumer_connected: bool
     reconnects: int
+    stalls: int
 
 
 class Model:
@@ -277,6 +310,7 @@ class Model:
         self._connected = False
         self._connected_since = 0.0
         self._reconnects = 0
+        self._stalls = 0
         self._handlers = {
             "task-sent": self._on_sent,
             "task-received": self._on_received,
@@ -311,22 +345,43 @@ class Model:
 
     def consumer_connected(self, now: float) -> None:
         with self._lock:
-            if not self._connected and self._connected_since:
+            if self._connected_since:  # connected before: this is a reconnect
                 self._reconnects += 1
+            if not self._connected:
+                # Back from an outage: every worker gets a full timeout to be
+                # heard again. Not after a stall (see consumer_stalled).
+                self._connected_since = now
             self._connected = True
-            self._connected_since = now
 
     def consumer_disconnected(self) -> None:
         with self._lock:
             self._connected = False
 
+    def consumer_stalled(self) -> None:
+        """The consumer heard nothing although workers were up, and reconnects.
+
+        The model stays connected: the silence is the stream's fault, so a
+        worker that is really gone keeps its clock running and is still
+        reported lost on time, however often the consumer reconnects.
+        """
+        with self._lock:
+            self._stalls += 1
+
+    def expected_event_interval(self) -> float | None:
+        """The shortest heartbeat interval among workers that are up: some event
+        must arrive at least this often. None when no worker is up, so silence
+        proves nothing."""
+        with self._lock:
+            intervals = [w.freq for w in self._workers.values() if not (w.offline or w.lost)]
+        return min(intervals, default=None)
+
     def _apply(self, event: object, now: float) -> None:
         if not isinstance(event, dict):
-            self._invalid["not_an_object"] = self._invalid.get("not_an_object", 0) + 1
+            self._invalid[NOT_AN_OBJECT] = self._invalid.get(NOT_AN_OBJECT, 0) + 1
             return
         kind = event.get("type")
         if not isinstance(kind, str):
-            self._invalid["missing_type"] = self._invalid.get("missing_type", 0) + 1
+            self._invalid[MISSING_TYPE] = self._invalid.get(MISSING_TYPE, 0) + 1
             return
         handler = self._handlers.get(kind)
         if handler is None:
@@ -358,11 +413,17 @@ class Model:
 
     def _on_sent(self, event: dict, now: float) -> str | None:
         task_id, name = event.get("uuid"), event.get("name")
-        if not isinstance(task_id, str) or not isinstance(name, str):
-            return "missing_field"
+        refused = _id_refusal(task_id) or _label_refusal(name)
+        if refused:
+            return refused
         queue = event.get("queue") or event.get("routing_key")
+        if isinstance(queue, str) and queue:
+            if label_value(queue) is None:
+                return BAD_VALUE
+            queue = self._queue_names.admit(queue)
+        else:
+            queue = None  # the fallback rule applies, as for events that carry no queue
         name = self._task_names.admit(name)
-        queue = self._queue_names.admit(queue) if isinstance(queue, str) and queue else None
         task = self._tracker.get_or_add(task_id)
         task.name, task.queue = name, queue
         if queue is not None:
@@ -379,8 +440,9 @@ class Model:
 
     def _on_received(self, event: dict, now: float) -> str | None:
         task_id, name = event.get("uuid"), event.get("name")
-        if not isinstance(task_id, str) or not isinstance(name, str):
-            return "missing_field"
+        refused = _id_refusal(task_id) or _label_refusal(name)
+        if refused:
+            return refused
         task = self._tracker.get_or_add(task_id)
         if task.name is None:
             task.name = self._task_names.admit(name)
@@ -389,8 +451,9 @@ class Model:
 
     def _on_started(self, event: dict, now: float) -> str | None:
         task_id = event.get("uuid")
-        if not isinstance(task_id, str):
-            return "missing_field"
+        refused = _id_refusal(task_id)
+        if refused:
+            return refused
         task = self._tracker.get_or_add(task_id)
         task.started = _number(event.get("timestamp"))
         labels = self._labels("task-started", task)
@@ -404,6 +467,9 @@ class Model:
             return
         task.wait_observed = True
         wait = task.started - task.eligible
+        if not wait <= MAX_DURATION:  # a clock far off (or inf): not a wait at all
+            self._clock_skew += 1
+            return
         if wait < 0:  # producer and worker clocks disagree
             self._clock_skew += 1
             wait = 0.0
@@ -411,20 +477,22 @@ class Model:
 
     def _on_succeeded(self, event: dict, now: float) -> str | None:
         task_id = event.get("uuid")
-        if not isinstance(task_id, str):
-            return "missing_field"
+        refused = _id_refusal(task_id)
+        if refused:
+            return refused
         task = self._tracker.pop(task_id)
         labels = self._labels("task-succeeded", task)
         self._count("task-succeeded", labels)
         runtime = _number(event.get("runtime"))
-        if runtime is not None:
+        if runtime is not None and runtime <= MAX_DURATION:
             _observe(self._runtime, labels, self.settings.runtime_buckets, max(runtime, 0.0))
         return None
 
     def _on_failed(self, event: dict, now: float) -> str | None:
         task_id = event.get("uuid")
-        if not isinstance(task_id, str):
-            return "missing_field"
+        refused = _id_refusal(task_id)
+        if refused:
+            return refused
         labels = self._labels("task-failed", self._tracker.pop(task_id))
         self._count("task-failed", labels)
         exc = self._exception_names.admit(exception_class(event.get("exception")))
@@ -434,8 +502,9 @@ class Model:
 
     def _on_retried(self, event: dict, now: float) -> str | None:
         task_id = event.get("uuid")
-        if not isinstance(task_id, str):
-            return "missing_field"
+        refused = _id_refusal(task_id)
+        if refused:
+            return refused
         task = self._tracker.get(task_id)
         if task is not None:  # kept: the same id will be sent and received again
             task.started = None
@@ -444,8 +513,9 @@ class Model:
 
     def _on_rejected(self, event: dict, now: float) -> str | None:
         task_id = event.get("uuid")
-        if not isinstance(task_id, str):
-            return "missing_field"
+        refused = _id_refusal(task_id)
+        if refused:
+            return refused
         if event.get("requeue"):
             task = self._tracker.get(task_id)  # it will be delivered again
             if task is not None:
@@ -457,8 +527,9 @@ class Model:
 
     def _on_revoked(self, event: dict, now: float) -> str | None:
         task_id = event.get("uuid")
-        if not isinstance(task_id, str):
-            return "missing_field"
+        refused = _id_refusal(task_id)
+        if refused:
+            return refused
         self._count("task-revoked", self._labels("task-revoked", self._tracker.pop(task_id)))
         return None
 
@@ -466,8 +537,9 @@ class Model:
 
     def _on_worker(self, event: dict, now: float) -> str | None:
         hostname = event.get("hostname")
-        if not isinstance(hostname, str) or not hostname:
-            return "missing_field"
+        refused = _label_refusal(hostname)
+        if refused:
+            return refused
         worker = self._workers.get(hostname)
         if worker is None:
             if self._worker_names.admit(hostname) == OTHER:
@@ -476,13 +548,14 @@ class Model:
         worker.last_seen = now
         worker.lost = False
         worker.offline = event["type"] == "worker-offline"
-        active, processed, freq = event.get("active"), event.get("processed"), event.get("freq")
-        if isinstance(active, int) and not isinstance(active, bool):
+        active, processed = _gauge_int(event.get("active")), _gauge_int(event.get("processed"))
+        if active is not None:
             worker.active = active
-        if isinstance(processed, int) and not isinstance(processed, bool):
+        if processed is not None:
             worker.processed = processed
-        if _number(freq):
-            worker.freq = float(freq)
+        freq = _number(event.get("freq"))
+        if freq is not None and 0 < freq <= MAX_HEARTBEAT_INTERVAL:
+            worker.freq = freq
         version = event.get("sw_ver")
         if isinstance(version, str):
             worker.version = version[:64]
@@ -559,6 +632,7 @@ class Model:
                 },
                 consumer_connected=self._connected,
                 reconnects=self._reconnects,
+                stalls=self._stalls,
             )
 
     def known_queues(self) -> list[str]:
@@ -574,9 +648,35 @@ class Model:
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
-        return float(value)
+    """A finite float from a JSON number, else None (bools, NaN, inf, huge ints)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return None
     return None
+
+
+def _gauge_int(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_GAUGE_INT:
+        return value
+    return None
+
+
+def _id_refusal(task_id: object) -> str | None:
+    """Why an event's task id cannot be joined on, or None if it can."""
+    if not isinstance(task_id, str):
+        return MISSING_FIELD
+    return BAD_VALUE if len(task_id) > MAX_TASK_ID_LENGTH else None
+
+
+def _label_refusal(value: object) -> str | None:
+    """Why a task name or nodename cannot be a label value, or None if it can."""
+    if not isinstance(value, str):
+        return MISSING_FIELD
+    return BAD_VALUE if label_value(value) is None else None
 
 
 def _max_eta(sent: float | None, eta: object) -> float | None:
@@ -586,12 +686,12 @@ def _max_eta(sent: float | None, eta: object) -> float | None:
     if isinstance(eta, str) and eta:
         try:
             when = datetime.fromisoformat(eta)
-        except ValueError:
+            if when.tzinfo is None:
+                # Celery sends naive ETAs in UTC when enable_utc is on (the default).
+                when = when.replace(tzinfo=timezone.utc)
+            return max(sent, when.timestamp())
+        except (ValueError, OverflowError):  # not an ISO date, or out of range
             return sent
-        if when.tzinfo is None:
-            # Celery sends naive ETAs in UTC when enable_utc is on (the default).
-            when = when.replace(tzinfo=timezone.utc)
-        return max(sent, when.timestamp())
     return sent
 
 

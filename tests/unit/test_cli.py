@@ -25,6 +25,9 @@ def run_cli(*args, env=None, timeout=30):
         (["--log-format", "xml"], "--log-format: 'xml' is not one of text, json"),
         (["--broker-transport-option", "nokeyvalue"], "is not key=value"),
         (["--max-tracked-tasks", "0"], "--max-tracked-tasks"),
+        (["--events-stall-timeout", "30"], "must be shorter than --worker-timeout"),
+        (["--broker-ssl-option", "ca_certs=/etc/hostname"], "use rediss:// or amqps://"),
+        (["--web-config-file", "/no/such/web.yml"], "cannot read it"),
         (["--no-such-flag"], "No such option"),
     ],
 )
@@ -126,3 +129,34 @@ def test_unreachable_broker_is_served_as_data_and_the_password_never_printed():
     output = exporter.output()
     for text in (output, landing, metrics.text):
         assert secret not in text and "pa55@hunter2" not in text and "hunter2" not in text
+
+
+def test_backoff_doubles_from_half_a_second_to_a_cap_with_jitter():
+    from celery_stalk.events import Backoff
+
+    for jitter, factor in ((0.0, 0.5), (1.0, 1.0)):
+        backoff = Backoff(rng=lambda: jitter)
+        delays = [backoff.next_delay() for _ in range(8)]
+        assert delays == [factor * d for d in (0.5, 1, 2, 4, 8, 10, 10, 10)]
+        backoff.reset()
+        assert backoff.next_delay() == factor * 0.5
+
+
+def test_broker_tls_defaults_verify_and_options_map_to_each_transport():
+    import ssl
+
+    redis = Config.parse(broker_url="rediss://r:6380/0")
+    assert redis.kombu_ssl == {"ssl_cert_reqs": "required"}  # kombu alone would not verify
+    redis = Config.parse(broker_url="rediss://r:6380/0",
+                         broker_ssl_option=("ca_certs=/etc/hostname", "cert_reqs=CERT_NONE"))
+    assert redis.kombu_ssl == {"ssl_ca_certs": "/etc/hostname", "ssl_cert_reqs": "none"}
+    amqp = Config.parse(broker_url="amqps://u:p@mq//", broker_ssl_option=("ca_certs=/etc/hostname",))
+    assert amqp.kombu_ssl == {"ca_certs": "/etc/hostname", "cert_reqs": ssl.CERT_REQUIRED,
+                              "server_hostname": None}
+    assert Config.parse(broker_url="amqp://mq//").kombu_ssl is False
+
+
+def test_stall_timeout_defaults_to_half_the_worker_timeout_at_most_10s():
+    assert Config.parse(broker_url="redis://r/0").events_stall_timeout == 10
+    assert Config.parse(broker_url="redis://r/0", worker_timeout="5").events_stall_timeout == 2.5
+    assert Config.parse(broker_url="redis://r/0", events_stall_timeout="3").events_stall_timeout == 3

@@ -31,11 +31,13 @@ def reader_for(config) -> QueueReader:
     if config.transport == "redis":
         from .redis import RedisQueueReader
 
-        return RedisQueueReader(config.broker_url, config.transport_options, config.queue_read_timeout)
+        return RedisQueueReader(config.broker_url, config.transport_options,
+                                config.queue_read_timeout, config.kombu_ssl)
     if config.transport == "filesystem":
         from .filesystem import FilesystemQueueReader
 
         return FilesystemQueueReader(config.transport_options)
     from .amqp import AmqpQueueReader
 
-    return AmqpQueueReader(config.broker_url, config.transport_options, config.queue_read_timeout)
+    return AmqpQueueReader(config.broker_url, config.transport_options,
+                           config.queue_read_timeout, config.kombu_ssl)

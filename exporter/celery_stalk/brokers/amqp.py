@@ -18,9 +18,11 @@ NOT_FOUND = 404
 
 
 class AmqpQueueReader:
-    def __init__(self, broker_url: str, transport_options: dict, timeout: float):
+    def __init__(self, broker_url: str, transport_options: dict, timeout: float,
+                 ssl: dict | bool = False):
         self.url = broker_url
         self.transport_options = transport_options
+        self.ssl = ssl
         self.timeout = timeout
         self._connection: Connection | None = None
         self._channel = None
@@ -32,6 +34,7 @@ class AmqpQueueReader:
                 self.url,
                 connect_timeout=self.timeout,
                 transport_options=self.transport_options,
+                ssl=self.ssl,
                 heartbeat=0,
             )
             self._connection.ensure_connection(max_retries=1, timeout=self.timeout)

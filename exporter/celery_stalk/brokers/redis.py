@@ -23,7 +23,8 @@ INTERNAL_EXCHANGES = frozenset({"celeryev", "celery.pidbox", "reply.celery.pidbo
 
 
 class RedisQueueReader:
-    def __init__(self, broker_url: str, transport_options: dict, timeout: float):
+    def __init__(self, broker_url: str, transport_options: dict, timeout: float,
+                 ssl: dict | bool = False):
         self.steps = tuple(sorted(set(transport_options.get("priority_steps", DEFAULT_PRIORITY_STEPS))))
         self.sep = transport_options.get("sep", DEFAULT_SEP)
         self.prefix = transport_options.get("global_keyprefix", "")
@@ -36,6 +37,8 @@ class RedisQueueReader:
             # One attempt: the scrape's time budget is the timeout, not a retry loop.
             retry=Retry(NoBackoff(), 0),
             decode_responses=False,
+            # rediss://: the same ssl_* options as the event consumer's
+            **(ssl if isinstance(ssl, dict) else {}),
         )
 
     def keys_for(self, queue: str) -> list[str]:
