@@ -8,7 +8,9 @@ from socketserver import ThreadingMixIn
 from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
+
+from .exposition import make_metrics_app
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -33,7 +35,7 @@ def build_app(
     ready: Callable[[], tuple[bool, str]],
     landing: dict[str, str],
 ):
-    metrics_app = make_wsgi_app(registry)
+    metrics_app = make_metrics_app(registry)
 
     def plain(start_response, status: str, body: str):
         start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
