@@ -87,17 +87,21 @@ class QueueDiscovery:
             self.stop.wait(self.interval)
 
 
+def event_source(config: Config, model: Model) -> EventConsumer:
+    """Redis gets the dedicated pub/sub reader; AMQP brokers the kombu consumer."""
+    options = dict(ssl=config.kombu_ssl, stall_timeout=config.events_stall_timeout)
+    if config.transport == "redis":
+        from .redis_events import RedisEventSource
+
+        return RedisEventSource(model, config.broker_url, config.transport_options, **options)
+    return EventConsumer(model, config.broker_url, config.transport_options, **options)
+
+
 def run(config: Config) -> int:
     setup_logging(config)
     model = Model(config.model, static_queues=config.queues, routes=config.task_routes)
     reader = reader_for(config)
-    consumer = EventConsumer(
-        model,
-        config.broker_url,
-        config.transport_options,
-        ssl=config.kombu_ssl,
-        stall_timeout=config.events_stall_timeout,
-    )
+    consumer = event_source(config, model)
     stopping = threading.Event()
     discovery = QueueDiscovery(reader, model, config.queue_discovery_interval, stopping)
 
