@@ -213,7 +213,10 @@ class _Stream:
         self.closed = False  # Redis closed the connection
 
     def _recv(self) -> int:
-        data = self.sock.recv(READ_SIZE)
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except ConnectionResetError:  # how Redis closes a client whose output it drops
+            data = b""
         if not data:
             self.closed = True  # what was read before still gets applied
             return 0
