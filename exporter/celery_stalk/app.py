@@ -87,17 +87,25 @@ class QueueDiscovery:
             self.stop.wait(self.interval)
 
 
-def run(config: Config) -> int:
-    setup_logging(config)
-    model = Model(config.model, static_queues=config.queues, routes=config.task_routes)
-    reader = reader_for(config)
-    consumer = EventConsumer(
+def event_source(config: Config, model: Model) -> EventConsumer:
+    """Redis gets the dedicated pub/sub reader; other brokers the kombu consumer."""
+    source = EventConsumer
+    if config.transport == "redis":
+        from .redis_events import RedisEventSource as source
+    return source(
         model,
         config.broker_url,
         config.transport_options,
         ssl=config.kombu_ssl,
         stall_timeout=config.events_stall_timeout,
     )
+
+
+def run(config: Config) -> int:
+    setup_logging(config)
+    model = Model(config.model, static_queues=config.queues, routes=config.task_routes)
+    reader = reader_for(config)
+    consumer = event_source(config, model)
     stopping = threading.Event()
     discovery = QueueDiscovery(reader, model, config.queue_discovery_interval, stopping)
 

@@ -1,0 +1,267 @@
+"""Celery events read straight from Redis pub/sub, for redis:// and rediss:// brokers.
+
+kombu's Redis transport spends most of its time per message on machinery an
+exporter does not need (a Message object, a delivery tag, a callback chain).
+This source subscribes to the same channels kombu would
+(``PSUBSCRIBE {global_keyprefix}/{db}.celeryev/*``), parses the RESP stream
+with hiredis and decodes kombu's envelope and the event body with orjson.
+
+It never lets Redis drop it for being slow if it can help it: before decoding
+each batch it takes everything the socket holds, up to MAX_BACKLOG bytes kept
+in the process, so the backlog of a burst waits here rather than in Redis's
+output buffer (client-output-buffer-limit pubsub, 32 MB by default, past which
+Redis disconnects the subscriber and the events in between are lost). If Redis
+drops it anyway, the loss is logged as such and counted as a reconnect.
+
+Everything else is EventConsumer's: the thread, readiness, reconnect with
+capped backoff, ticks, the heartbeat broadcast on connect.
+"""
+
+from __future__ import annotations
+
+import binascii
+import logging
+import socket
+import ssl
+import time
+from collections import deque
+
+import hiredis
+import orjson
+import redis
+from kombu import Connection
+
+from .events import ACCEPTED_CONTENT_TYPES, TICK_INTERVAL, EventConsumer
+
+log = logging.getLogger(__name__)
+
+EXCHANGE = "celeryev"
+READ_SIZE = 1 << 20
+FEED_SIZE = 16 << 10  # see _Stream
+# Unparsed bytes kept in the process (about 120,000 batched events): room for a
+# burst several seconds long at full speed, and a bound on memory.
+MAX_BACKLOG = 64 << 20
+# Events applied to the model under one lock acquisition: large enough to make
+# the lock free, small enough that a scrape never waits more than a few ms.
+BATCH_EVENTS = 2000
+PING_INTERVAL = 10.0  # a silent half-open TCP connection is noticed in 3 intervals
+CONNECT_TIMEOUT = 10.0
+
+
+class SubscriptionLost(ConnectionError):
+    """Redis closed our subscription."""
+
+
+def subscribe_pattern(db: int, transport_options: dict) -> str:
+    """The channel pattern kombu's Redis transport publishes celeryev events under."""
+    prefix = transport_options.get("fanout_prefix", True)
+    if prefix is True:
+        prefix = "/{db}."
+    elif not prefix:
+        prefix = ""
+    channel = transport_options.get("global_keyprefix", "") + str(prefix).format(db=db) + EXCHANGE
+    pattern = _glob_escape(channel)
+    # With fanout_patterns (kombu's default) the routing key follows: celeryev/task.multi.
+    return pattern + "/*" if transport_options.get("fanout_patterns", True) else pattern
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class RedisEventSource(EventConsumer):
+    def __init__(self, model, broker_url: str, transport_options: dict, clock=time.time):
+        super().__init__(model, broker_url, transport_options, clock)
+        self.urls = [url.strip() for url in broker_url.split(";") if url.strip()]
+        self._attempt = 0
+
+    def _consume(self) -> None:
+        url = self.urls[self._attempt % len(self.urls)]  # failover URLs, in turn
+        self._attempt += 1
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT,
+            health_check_interval=0, protocol=2,
+        )
+        connection = client.connection_pool.get_connection()
+        try:
+            pattern = subscribe_pattern(connection.db, self.transport_options)
+            connection.send_command("PSUBSCRIBE", pattern)
+            # redis-py connected, authenticated and selected the db; from here the
+            # socket carries only our subscription, read without redis-py's layers.
+            stream = _Stream(connection._sock)
+            reply = stream.first_frame(CONNECT_TIMEOUT)
+            if not (isinstance(reply, list) and reply[0] == b"psubscribe"):
+                raise ConnectionError(f"unexpected reply to PSUBSCRIBE: {reply!r:.200}")
+            self._wake_workers_now()
+            self.model.consumer_connected(self.clock())
+            self.consuming.set()
+            self.backoff.reset()
+            log.info("consuming events from %s (pattern %s)", connection.host, pattern)
+            self._pump(stream)
+        finally:
+            connection.disconnect()
+            client.close()
+
+    def _wake_workers_now(self) -> None:
+        try:
+            with Connection(self.broker_url, transport_options=self.transport_options) as conn:
+                self._wake_workers(conn)
+        except Exception as exc:  # a courtesy: heartbeats arrive anyway within 2 s
+            log.debug("could not ask workers for a heartbeat: %s", exc)
+
+    def _pump(self, stream: _Stream) -> None:
+        """Read, decode and apply until stopped; raises when the connection is lost."""
+        model, clock, stop = self.model, self.clock, self._stop
+        decode = self._decode
+        next_tick = next_ping = 0.0
+        last_heard = clock()
+        while not stop.is_set():
+            got = stream.read_available()
+            events: list = []
+            frames = 0
+            while len(events) < BATCH_EVENTS:
+                frame = stream.next_frame()
+                if frame is False:
+                    break
+                frames += 1
+                decode(frame, events)
+            now = clock()
+            if events:
+                model.apply_many(events, now)
+            if got or frames:
+                last_heard = now
+            if now >= next_tick:
+                model.tick(now)
+                next_tick = now + TICK_INTERVAL
+            if now >= next_ping:
+                if now - last_heard > 3 * PING_INTERVAL:
+                    raise ConnectionError(f"no data from Redis in {3 * PING_INTERVAL:.0f} s")
+                stream.send(b"*1\r\n$4\r\nPING\r\n")  # answered even while subscribed
+                next_ping = now + PING_INTERVAL
+            if not frames and not got:
+                stream.wait(max(0.0, min(next_tick, next_ping) - now))
+
+    def _decode(self, frame, events: list) -> None:
+        """Append the events of one pub/sub frame to ``events``; count what cannot be read."""
+        if not isinstance(frame, list):
+            if isinstance(frame, hiredis.ReplyError):
+                raise ConnectionError(f"Redis answered: {frame}")
+            return  # PONG
+        if frame[0] != b"pmessage":
+            return  # subscription confirmations, pongs
+        try:
+            envelope = orjson.loads(frame[3])
+        except orjson.JSONDecodeError:
+            self.model.record_invalid("not_json")
+            return
+        try:
+            body = envelope["body"]
+            content_type = envelope.get("content-type")
+            properties = envelope.get("properties") or {}
+            encoding = properties.get("body_encoding")
+        except (TypeError, KeyError, AttributeError):
+            self.model.record_invalid("not_an_envelope")
+            return
+        if content_type not in ACCEPTED_CONTENT_TYPES:
+            self.model.record_invalid("content_type")
+            return
+        if encoding == "base64":
+            try:
+                body = binascii.a2b_base64(body)
+            except (binascii.Error, TypeError, ValueError):
+                self.model.record_invalid("body_encoding")
+                return
+        elif encoding not in (None, "utf-8"):
+            self.model.record_invalid("body_encoding")
+            return
+        try:
+            decoded = orjson.loads(body)
+        except (orjson.JSONDecodeError, TypeError):
+            self.model.record_invalid("not_json")
+            return
+        if isinstance(decoded, list):  # task.multi: a worker's buffered batch
+            events.extend(decoded)
+        else:
+            events.append(decoded)
+
+
+class _Stream:
+    """The subscribed socket, what was read from it and not yet parsed, and the parser.
+
+    The backlog stays in the chunks ``recv`` returned and is fed to hiredis a
+    slice at a time: hiredis moves its whole unparsed buffer on every reply it
+    takes out, so feeding it a large backlog at once would cost that much per
+    message.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.reader = hiredis.Reader()
+        self.chunks: deque[bytes] = deque()
+        self.offset = 0  # into chunks[0]
+        self.backlog = 0  # bytes in chunks not yet fed to the parser
+
+    def _recv(self) -> int:
+        data = self.sock.recv(READ_SIZE)
+        if not data:
+            raise SubscriptionLost(
+                "Redis closed the event subscription: events published until the "
+                "reconnect are lost. If Redis did not restart, the exporter fell behind "
+                "and hit client-output-buffer-limit pubsub"
+            )
+        self.chunks.append(data)
+        self.backlog += len(data)
+        return len(data)
+
+    def read_available(self) -> int:
+        """Take everything the socket holds now (up to MAX_BACKLOG), never waiting."""
+        total = 0
+        self.sock.settimeout(0.0)
+        try:
+            while self.backlog < MAX_BACKLOG:
+                n = self._recv()
+                total += n
+                if n < READ_SIZE and not _tls_pending(self.sock):
+                    break  # a short read: the socket is empty
+        except (BlockingIOError, ssl.SSLWantReadError):
+            pass
+        return total
+
+    def next_frame(self):
+        """The next complete reply, or False when the backlog holds none."""
+        reader = self.reader
+        frame = reader.gets()
+        while frame is False and self.chunks:
+            head = self.chunks[0]
+            n = min(FEED_SIZE, len(head) - self.offset)
+            reader.feed(head, self.offset, n)
+            self.backlog -= n
+            self.offset += n
+            if self.offset >= len(head):
+                self.chunks.popleft()
+                self.offset = 0
+            frame = reader.gets()
+        return frame
+
+    def wait(self, timeout: float) -> None:
+        """Block until data arrives or ``timeout`` passes."""
+        self.sock.settimeout(timeout)
+        try:
+            self._recv()
+        except (socket.timeout, ssl.SSLWantReadError):
+            pass
+
+    def first_frame(self, timeout: float):
+        while (frame := self.next_frame()) is False:
+            self.sock.settimeout(timeout)
+            self._recv()
+        return frame
+
+    def send(self, data: bytes) -> None:
+        self.sock.settimeout(CONNECT_TIMEOUT)
+        self.sock.sendall(data)
+
+
+def _tls_pending(sock) -> int:
+    pending = getattr(sock, "pending", None)
+    return pending() if pending else 0
