@@ -44,6 +44,9 @@ MAX_BACKLOG = 64 << 20
 # Events applied to the model under one lock acquisition: large enough to make
 # the lock free, small enough that a scrape never waits more than a few ms.
 BATCH_EVENTS = 2000
+# How often, in messages, the socket is drained while decoding: a burst must
+# not pile up in Redis between two reads.
+READ_EVERY_FRAMES = 32
 PING_INTERVAL = 10.0  # a silent half-open TCP connection is noticed in 3 intervals
 CONNECT_TIMEOUT = 10.0
 
@@ -125,6 +128,8 @@ class RedisEventSource(EventConsumer):
                     break
                 frames += 1
                 decode(frame, events)
+                if frames % READ_EVERY_FRAMES == 0:
+                    got += stream.read_available()  # keep Redis's buffer for us empty
             now = clock()
             if events:
                 model.apply_many(events, now)
@@ -200,15 +205,13 @@ class _Stream:
         self.chunks: deque[bytes] = deque()
         self.offset = 0  # into chunks[0]
         self.backlog = 0  # bytes in chunks not yet fed to the parser
+        self.closed = False  # Redis closed the connection
 
     def _recv(self) -> int:
         data = self.sock.recv(READ_SIZE)
         if not data:
-            raise SubscriptionLost(
-                "Redis closed the event subscription: events published until the "
-                "reconnect are lost. If Redis did not restart, the exporter fell behind "
-                "and hit client-output-buffer-limit pubsub"
-            )
+            self.closed = True  # what was read before still gets applied
+            return 0
         self.chunks.append(data)
         self.backlog += len(data)
         return len(data)
@@ -218,7 +221,7 @@ class _Stream:
         total = 0
         self.sock.settimeout(0.0)
         try:
-            while self.backlog < MAX_BACKLOG:
+            while self.backlog < MAX_BACKLOG and not self.closed:
                 n = self._recv()
                 total += n
                 if n < READ_SIZE and not _tls_pending(self.sock):
@@ -241,10 +244,18 @@ class _Stream:
                 self.chunks.popleft()
                 self.offset = 0
             frame = reader.gets()
+        if frame is False and self.closed:
+            raise SubscriptionLost(
+                "Redis closed the event subscription: events published until the "
+                "reconnect are lost. If Redis did not restart, the exporter fell behind "
+                "and hit client-output-buffer-limit pubsub"
+            )
         return frame
 
     def wait(self, timeout: float) -> None:
         """Block until data arrives or ``timeout`` passes."""
+        if self.closed:
+            return
         self.sock.settimeout(timeout)
         try:
             self._recv()
