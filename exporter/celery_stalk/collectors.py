@@ -9,7 +9,6 @@ except the last queue read's outcome.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -22,7 +21,8 @@ from prometheus_client.core import (
 )
 
 from .brokers import QueueReader
-from .model import TASK_EVENTS, Histogram, Model
+from .exposition import SeriesCounter, SeriesHistogram
+from .model import TASK_EVENTS, HistogramView, Model
 
 log = logging.getLogger(__name__)
 
@@ -135,20 +135,16 @@ def family(name: str) -> Family:
     return GaugeMetricFamily(name, m.help, labels=m.labels)
 
 
-def _histogram(name: str, hists: dict[tuple[str, str], Histogram], bounds: tuple[float, ...]) -> Family:
-    fam = family(name)
-    les = [_le(b) for b in bounds] + ["+Inf"]
-    for labels, hist in sorted(hists.items()):
-        running, buckets = 0, []
-        for le, count in zip(les, hist.counts):
-            running += count
-            buckets.append((le, running))
-        fam.add_metric(list(labels), buckets, hist.total)
-    return fam
+def _histogram(name: str, hists: dict[tuple[str, str], HistogramView], bounds: tuple[float, ...],
+               cache: dict) -> Family:
+    m = CATALOG[name]
+    return SeriesHistogram(name, m.help, m.labels, hists, bounds, cache)
 
 
-def _le(bound: float) -> str:
-    return repr(float(bound)) if not math.isinf(bound) else "+Inf"
+def _counter(name: str, values: dict[tuple[str, ...], int], cache: dict) -> Family:
+    """A counter family with one series per label tuple (task and queue, ...)."""
+    m = CATALOG[name]
+    return SeriesCounter(name.removesuffix("_total"), m.help, m.labels, values, cache)
 
 
 class ModelCollector:
@@ -159,21 +155,17 @@ class ModelCollector:
     def __init__(self, model: Model, clock: Callable[[], float] = time.time):
         self.model = model
         self.clock = clock
+        self.lines_cache: dict = {}  # series lines from the last scrape (exposition.py)
 
     def collect(self) -> Iterable[Family]:
         snap = self.model.snapshot(self.clock())
         for event in TASK_EVENTS:
-            fam = family(_task_counter(event).name)
-            for labels, value in sorted(snap.counters[event].items()):
-                fam.add_metric(list(labels), value)
-            yield fam
-
-        fam = family("celery_task_exceptions_total")
-        for labels, value in sorted(snap.exceptions.items()):
-            fam.add_metric(list(labels), value)
-        yield fam
-        yield _histogram("celery_task_runtime_seconds", snap.runtime, snap.runtime_buckets)
-        yield _histogram("celery_task_queue_wait_seconds", snap.wait, snap.wait_buckets)
+            yield _counter(_task_counter(event).name, snap.counters[event], self.lines_cache)
+        yield _counter("celery_task_exceptions_total", snap.exceptions, self.lines_cache)
+        yield _histogram("celery_task_runtime_seconds", snap.runtime, snap.runtime_buckets,
+                         self.lines_cache)
+        yield _histogram("celery_task_queue_wait_seconds", snap.wait, snap.wait_buckets,
+                         self.lines_cache)
 
         up, offline, heartbeat, active = (
             family("celery_worker_up"),

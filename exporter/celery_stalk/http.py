@@ -17,7 +17,9 @@ from socketserver import ThreadingMixIn
 from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
+
+from .exposition import make_metrics_app
 
 from .webconfig import BasicAuth, ServerTLS
 
@@ -93,7 +95,7 @@ def build_app(
     landing: dict[str, str],
     auth: BasicAuth | None = None,
 ):
-    metrics_app = make_wsgi_app(registry)
+    metrics_app = make_metrics_app(registry)
 
     def plain(start_response, status: str, body: str, headers=()):
         start_response(status, [("Content-Type", "text/plain; charset=utf-8"), *headers])

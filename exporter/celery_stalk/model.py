@@ -17,6 +17,7 @@ import re
 import threading
 from bisect import bisect_left
 from dataclasses import dataclass
+from typing import NamedTuple
 from datetime import datetime, timezone
 
 UNKNOWN = "unknown"
@@ -132,11 +133,15 @@ class Histogram:
         self.counts = [0] * (n_buckets + 1)
         self.total = 0.0
 
-    def copy(self) -> Histogram:
-        clone = Histogram.__new__(Histogram)
-        clone.counts = self.counts[:]
-        clone.total = self.total
-        return clone
+    def copy(self) -> HistogramView:
+        return HistogramView(self.counts[:], self.total)
+
+
+class HistogramView(NamedTuple):
+    """A Histogram's values at snapshot time (a tuple: cheap to make by the thousand)."""
+
+    counts: list[int]
+    total: float
 
 
 class TrackedTask:
@@ -257,8 +262,8 @@ class Snapshot:
     now: float
     counters: dict[str, dict[tuple[str, str], int]]
     exceptions: dict[tuple[str, str, str], int]
-    runtime: dict[tuple[str, str], Histogram]
-    wait: dict[tuple[str, str], Histogram]
+    runtime: dict[tuple[str, str], HistogramView]
+    wait: dict[tuple[str, str], HistogramView]
     runtime_buckets: tuple[float, ...]
     wait_buckets: tuple[float, ...]
     workers: dict[str, WorkerView]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import shutil
@@ -10,11 +11,13 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import choose_encoder
 
-from celery_stalk import __version__
+from celery_stalk import __version__, exposition
 from celery_stalk.brokers import QueueDepth
 from celery_stalk.collectors import CATALOG, Exporter, ModelCollector, QueueCollector
-from celery_stalk.model import Model, ModelSettings
+from celery_stalk.exposition import SeriesCounter, SeriesHistogram
+from celery_stalk.model import HistogramView, Model, ModelSettings
 from tests import events as ev
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "metrics.prom"
@@ -130,3 +133,117 @@ def test_readme_flag_table_is_generated_from_the_code():
     readme = README.read_text()
     table = readme.split("<!-- flags:begin -->", 1)[1].split("<!-- flags:end -->", 1)[0].strip()
     assert table == flags_markdown(), "README flags drifted: paste `celery-stalk catalog --flags`"
+
+
+# -- the fast renderer (exposition.py) against prometheus_client's own ---------------------
+
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+                     "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+ODD_NAMES = ['quote"d', "back\\slash", "new\nline", "100% done", "ünïcode ✓", "{braces}", "%s%d"]
+
+
+def encoders():
+    return [choose_encoder(None), choose_encoder(PROMETHEUS_ACCEPT)]
+
+
+def registry_of(*families):
+    registry = CollectorRegistry(auto_describe=False)
+
+    class Families:
+        def collect(self):
+            return list(families)
+
+    registry.register(Families())
+    return registry
+
+
+def fast(registry, encoder, content_type) -> bytes:
+    return b"".join(exposition.render(registry, encoder, content_type))
+
+
+def odd_model() -> Model:
+    """Label values that need escaping, counts and sums on both sides of 1,000,000."""
+    model = busy_model()
+    for i, name in enumerate(ODD_NAMES):
+        model.apply_many(ev.lifecycle(f"odd{i}", name, queue=name, runtime=float(i)), 1000.0)
+    return model
+
+
+@pytest.mark.parametrize("encoder,content_type", encoders())
+def test_fast_rendering_is_byte_for_byte_prometheus_clients(encoder, content_type):
+    model = odd_model()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Exporter([ModelCollector(model, clock=lambda: 2000.0),
+                                QueueCollector(model, FixedDepths({}))], __version__,
+                               clock=lambda: 0.0))
+    expected = encoder(registry)
+    assert fast(registry, encoder, content_type) == expected
+    # again, from the templates kept since the first scrape, after the values changed
+    model.apply_many(ev.lifecycle("again", "app.add", "work", runtime=7.0), 1000.0)
+    model.apply_many(ev.lifecycle("fresh", "app.new", "new-queue"), 1000.0)
+    assert fast(registry, encoder, content_type) == encoder(registry)
+    assert b"app.new" in fast(registry, encoder, content_type)
+
+
+@pytest.mark.parametrize("encoder,content_type", encoders())
+def test_values_past_a_million_print_as_prometheus_client_prints_them(encoder, content_type):
+    cache: dict = {}
+    counts = {("t", "q"): 999_999, ("u", "q"): 0, ('o"dd', "q%"): 5}
+
+    def families():
+        hist = HistogramView([0] * 16 + [counts[("t", "q")]], counts[("t", "q")] * 0.25)
+        nan = HistogramView([1] + [0] * 16, float("nan"))
+        return (
+            SeriesCounter("celery_task_sent", "Tasks sent.", ("task", "queue"), dict(counts), cache),
+            SeriesHistogram("celery_task_runtime_seconds", "Run time.", ("task", "queue"),
+                            {("t", "q"): hist, ("n", "q"): nan}, ModelSettings().runtime_buckets,
+                            cache),
+        )
+
+    for value in (999_999, 1_000_000, 123_456_789, 12_345_678_901, 10):
+        counts[("t", "q")] = value  # crosses the fast slots' limit both ways, between scrapes
+        registry = registry_of(*families())
+        assert fast(registry, encoder, content_type) == encoder(registry), value
+    counts[("t", "q")] = 123_456_789
+    assert b"1.23456789e+08" in fast(registry_of(*families()), encoder, content_type)
+
+
+def wsgi_get(app, **headers):
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""}
+    environ.update({f"HTTP_{k.upper()}": v for k, v in headers.items()})
+    seen = {}
+
+    def start_response(status, response_headers):
+        seen["status"], seen["headers"] = status, dict(response_headers)
+
+    body = b"".join(app(environ, start_response))
+    return seen["status"], seen["headers"], body
+
+
+def test_metrics_app_negotiates_format_and_gzip_like_prometheus_client():
+    model = odd_model()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Exporter([ModelCollector(model, clock=lambda: 2000.0)], __version__,
+                               clock=lambda: 0.0))
+    app = exposition.make_metrics_app(registry)
+
+    status, headers, body = wsgi_get(app, accept=PROMETHEUS_ACCEPT, accept_encoding="gzip")
+    assert status == "200 OK" and headers["Content-Encoding"] == "gzip"
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    text = gzip.decompress(body)
+    assert text == choose_encoder(PROMETHEUS_ACCEPT)[0](registry)
+    assert text.endswith(b"# EOF\n")
+
+    status, headers, body = wsgi_get(app)  # curl: no Accept, no gzip
+    assert "Content-Encoding" not in headers
+    assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert body == generate_latest(registry)
+    assert int(headers["Content-Length"]) == len(body)
+
+
+def test_metrics_app_leaves_other_methods_to_prometheus_client():
+    app = exposition.make_metrics_app(CollectorRegistry(auto_describe=False))
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/metrics", "QUERY_STRING": ""}
+    statuses = []
+    app(environ, lambda status, headers: statuses.append(status))
+    assert statuses == ["405 Method Not Allowed"]
