@@ -201,6 +201,7 @@ class _Stream:
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
+        self.tls = isinstance(sock, ssl.SSLSocket)
         self.reader = hiredis.Reader()
         self.chunks: deque[bytes] = deque()
         self.offset = 0  # into chunks[0]
@@ -224,8 +225,8 @@ class _Stream:
             while self.backlog < MAX_BACKLOG and not self.closed:
                 n = self._recv()
                 total += n
-                if n < READ_SIZE and not _tls_pending(self.sock):
-                    break  # a short read: the socket is empty
+                if n < READ_SIZE and not self.tls:
+                    break  # a short read: the socket is empty (TLS reads one record at a time)
         except (BlockingIOError, ssl.SSLWantReadError):
             pass
         return total
@@ -272,7 +273,3 @@ class _Stream:
         self.sock.settimeout(CONNECT_TIMEOUT)
         self.sock.sendall(data)
 
-
-def _tls_pending(sock) -> int:
-    pending = getattr(sock, "pending", None)
-    return pending() if pending else 0

@@ -189,3 +189,19 @@ def test_a_subscriber_redis_drops_for_falling_behind_is_noticed_counted_and_repo
             {"type": "task-sent", "uuid": "after", "name": "app.after", "queue": "work"})))
         eventually(lambda: counted(exporter, "celery_task_sent_total", task="app.after",
                                    queue="work") == 1, 10, message="events after the drop")
+
+
+def test_tls_with_a_password_and_a_fast_stream(fleet):
+    with RedisServer(tls=True, password="s3cret") as server:
+        url = f"{server.url}?ssl_cert_reqs=required&ssl_ca_certs={server.ca_file}"
+        exporter = fleet(ExporterProcess(url))
+        batch = json.dumps([{"type": "task-started", "uuid": f"t{i}", "hostname": "w1@h",
+                             "timestamp": 1.0} for i in range(20)])
+        pipe = server.client().pipeline(transaction=False)
+        for _ in range(500):  # 10,000 events as fast as Redis takes them, TLS record by record
+            pipe.publish("/0.celeryev/task.multi", envelope(batch))
+        assert set(pipe.execute()) == {1}
+        eventually(lambda: counted(exporter, type="task-started") == 10_000, 30,
+                   message=f"all events over TLS\n{exporter.output()}")
+        assert "s3cret" not in exporter.output()
+        assert exporter.scrape().get("celery_stalk_broker_reconnects_total") == 0
