@@ -14,7 +14,8 @@ Redis disconnects the subscriber and the events in between are lost). If Redis
 drops it anyway, the loss is logged as such and counted as a reconnect.
 
 Everything else is EventConsumer's: the thread, readiness, reconnect with
-capped backoff, ticks, the heartbeat broadcast on connect.
+capped backoff, ticks, the stall watchdog, the heartbeat broadcast on
+connect, and the reasons undecodable messages are counted under.
 """
 
 from __future__ import annotations
@@ -23,15 +24,23 @@ import binascii
 import logging
 import socket
 import ssl
-import time
 from collections import deque
 
 import hiredis
-import orjson
 import redis
-from kombu import Connection
 
-from .events import ACCEPTED_CONTENT_TYPES, TICK_INTERVAL, EventConsumer
+from .events import (
+    ACCEPTED_CONTENT_TYPES,
+    BAD_ENVELOPE,
+    CONNECT_TIMEOUT,
+    CONTENT_TYPE,
+    INTERNAL_ERROR,
+    NOT_JSON,
+    REDIS_EVENT_OPTIONS,
+    TICK_INTERVAL,
+    EventConsumer,
+    decode_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +57,6 @@ BATCH_EVENTS = 2000
 # not pile up in Redis between two reads.
 READ_EVERY_FRAMES = 32
 PING_INTERVAL = 10.0  # a silent half-open TCP connection is noticed in 3 intervals
-CONNECT_TIMEOUT = 10.0
 
 
 class SubscriptionLost(ConnectionError):
@@ -73,17 +81,24 @@ def _glob_escape(text: str) -> str:
 
 
 class RedisEventSource(EventConsumer):
-    def __init__(self, model, broker_url: str, transport_options: dict, clock=time.time):
-        super().__init__(model, broker_url, transport_options, clock)
-        self.urls = [url.strip() for url in broker_url.split(";") if url.strip()]
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.urls = [url.strip() for url in self.broker_url.split(";") if url.strip()]
         self._attempt = 0
 
     def _consume(self) -> None:
         url = self.urls[self._attempt % len(self.urls)]  # failover URLs, in turn
         self._attempt += 1
         client = redis.Redis.from_url(
-            url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT,
-            health_check_interval=0, protocol=2,
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=CONNECT_TIMEOUT,
+            socket_keepalive=True,
+            socket_keepalive_options=REDIS_EVENT_OPTIONS["socket_keepalive_options"],
+            health_check_interval=0,
+            protocol=2,
+            # rediss://: the same ssl_* options as kombu's and the queue reader's
+            **(self.ssl if isinstance(self.ssl, dict) else {}),
         )
         connection = client.connection_pool.get_connection()
         try:
@@ -99,6 +114,7 @@ class RedisEventSource(EventConsumer):
             self.model.consumer_connected(self.clock())
             self.consuming.set()
             self.backoff.reset()
+            self._last_message = self.monotonic()
             log.info("consuming events from %s (pattern %s)", connection.host, pattern)
             self._pump(stream)
         finally:
@@ -107,8 +123,8 @@ class RedisEventSource(EventConsumer):
 
     def _wake_workers_now(self) -> None:
         try:
-            with Connection(self.broker_url, transport_options=self.transport_options) as conn:
-                self._wake_workers(conn)
+            with self._connection() as connection:
+                self._wake_workers(connection)
         except Exception as exc:  # a courtesy: heartbeats arrive anyway within 2 s
             log.debug("could not ask workers for a heartbeat: %s", exc)
 
@@ -132,11 +148,17 @@ class RedisEventSource(EventConsumer):
                     got += stream.read_available()  # keep Redis's buffer for us empty
             now = clock()
             if events:
-                model.apply_many(events, now)
+                self._last_message = self.monotonic()
+                try:
+                    model.apply_many(events, now)
+                except Exception:  # a bug of ours must not look like a broker outage
+                    log.exception("could not apply a batch of events")
+                    model.record_invalid(INTERNAL_ERROR)
             if got or frames:
                 last_heard = now
             if now >= next_tick:
                 model.tick(now)
+                self._check_stall()
                 next_tick = now + TICK_INTERVAL
             if now >= next_ping:
                 if now - last_heard > 3 * PING_INTERVAL:
@@ -154,35 +176,29 @@ class RedisEventSource(EventConsumer):
             return  # PONG
         if frame[0] != b"pmessage":
             return  # subscription confirmations, pongs
+        # The envelope: what kombu would refuse to unpack (no properties, no
+        # delivery tag, bad base64) is counted under the kombu consumer's reason.
         try:
-            envelope = orjson.loads(frame[3])
-        except orjson.JSONDecodeError:
-            self.model.record_invalid("not_json")
-            return
-        try:
-            body = envelope["body"]
-            content_type = envelope.get("content-type")
-            properties = envelope.get("properties") or {}
+            envelope = decode_body(frame[3])
+            properties = envelope["properties"]
+            properties["delivery_tag"]
             encoding = properties.get("body_encoding")
-        except (TypeError, KeyError, AttributeError):
-            self.model.record_invalid("not_an_envelope")
+            content_type = envelope.get("content-type")
+            body = envelope.get("body")
+            if body and encoding == "base64":
+                body = binascii.a2b_base64(body)
+            elif encoding not in (None, "utf-8", "base64"):
+                raise ValueError(f"unknown body_encoding {encoding!r}")
+        except (ValueError, TypeError, KeyError, AttributeError, binascii.Error):
+            self.model.record_invalid(BAD_ENVELOPE)
             return
         if content_type not in ACCEPTED_CONTENT_TYPES:
-            self.model.record_invalid("content_type")
-            return
-        if encoding == "base64":
-            try:
-                body = binascii.a2b_base64(body)
-            except (binascii.Error, TypeError, ValueError):
-                self.model.record_invalid("body_encoding")
-                return
-        elif encoding not in (None, "utf-8"):
-            self.model.record_invalid("body_encoding")
+            self.model.record_invalid(CONTENT_TYPE)
             return
         try:
-            decoded = orjson.loads(body)
-        except (orjson.JSONDecodeError, TypeError):
-            self.model.record_invalid("not_json")
+            decoded = decode_body(body)
+        except (ValueError, TypeError):
+            self.model.record_invalid(NOT_JSON)
             return
         if isinstance(decoded, list):  # task.multi: a worker's buffered batch
             events.extend(decoded)
