@@ -73,8 +73,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    out = args.out or (Path(__file__).parent / "results" /
-                       f"profile-{args.consumer}-{args.shape}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = (args.out or Path(__file__).parent / "results" /
+           f"profile-{args.consumer}-{args.shape}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.parent.mkdir(exist_ok=True)
     spec = stream.StreamSpec(tasks=int(args.rate * args.seconds / 4) + 1000,
                              batched=args.shape == "batched", heartbeat_every_tasks=0)

@@ -88,13 +88,17 @@ class QueueDiscovery:
 
 
 def event_source(config: Config, model: Model) -> EventConsumer:
-    """Redis gets the dedicated pub/sub reader; AMQP brokers the kombu consumer."""
-    options = dict(ssl=config.kombu_ssl, stall_timeout=config.events_stall_timeout)
+    """Redis gets the dedicated pub/sub reader; other brokers the kombu consumer."""
+    source = EventConsumer
     if config.transport == "redis":
-        from .redis_events import RedisEventSource
-
-        return RedisEventSource(model, config.broker_url, config.transport_options, **options)
-    return EventConsumer(model, config.broker_url, config.transport_options, **options)
+        from .redis_events import RedisEventSource as source
+    return source(
+        model,
+        config.broker_url,
+        config.transport_options,
+        ssl=config.kombu_ssl,
+        stall_timeout=config.events_stall_timeout,
+    )
 
 
 def run(config: Config) -> int:

@@ -14,13 +14,12 @@ Redis disconnects the subscriber and the events in between are lost). If Redis
 drops it anyway, the loss is logged as such and counted as a reconnect.
 
 Everything else is EventConsumer's: the thread, readiness, reconnect with
-capped backoff, ticks, the stall watchdog, the heartbeat broadcast on connect,
-and the reasons a message is counted as invalid.
+capped backoff, ticks, the stall watchdog, the heartbeat broadcast on
+connect, and the reasons undecodable messages are counted under.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
 import logging
 import socket
@@ -28,7 +27,6 @@ import ssl
 from collections import deque
 
 import hiredis
-import orjson
 import redis
 
 from .events import (
@@ -36,6 +34,7 @@ from .events import (
     BAD_ENVELOPE,
     CONNECT_TIMEOUT,
     CONTENT_TYPE,
+    INTERNAL_ERROR,
     NOT_JSON,
     REDIS_EVENT_OPTIONS,
     TICK_INTERVAL,
@@ -82,17 +81,24 @@ def _glob_escape(text: str) -> str:
 
 
 class RedisEventSource(EventConsumer):
-    def __init__(self, model, broker_url: str, transport_options: dict, **kwargs):
-        super().__init__(model, broker_url, transport_options, **kwargs)
-        self.urls = [url.strip() for url in broker_url.split(";") if url.strip()]
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.urls = [url.strip() for url in self.broker_url.split(";") if url.strip()]
         self._attempt = 0
 
     def _consume(self) -> None:
         url = self.urls[self._attempt % len(self.urls)]  # failover URLs, in turn
         self._attempt += 1
         client = redis.Redis.from_url(
-            url, health_check_interval=0, protocol=2, **REDIS_EVENT_OPTIONS,
-            **(self.ssl or {}),  # rediss://: redis-py's ssl_* names (Config.kombu_ssl)
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=CONNECT_TIMEOUT,
+            socket_keepalive=True,
+            socket_keepalive_options=REDIS_EVENT_OPTIONS["socket_keepalive_options"],
+            health_check_interval=0,
+            protocol=2,
+            # rediss://: the same ssl_* options as kombu's and the queue reader's
+            **(self.ssl if isinstance(self.ssl, dict) else {}),
         )
         connection = client.connection_pool.get_connection()
         try:
@@ -104,9 +110,9 @@ class RedisEventSource(EventConsumer):
             reply = stream.first_frame(CONNECT_TIMEOUT)
             if not (isinstance(reply, list) and reply[0] == b"psubscribe"):
                 raise ConnectionError(f"unexpected reply to PSUBSCRIBE: {reply!r:.200}")
+            self._wake_workers_now()
             self.model.consumer_connected(self.clock())
             self.consuming.set()
-            self._wake_workers_now()
             self.backoff.reset()
             self._last_message = self.monotonic()
             log.info("consuming events from %s (pattern %s)", connection.host, pattern)
@@ -117,8 +123,8 @@ class RedisEventSource(EventConsumer):
 
     def _wake_workers_now(self) -> None:
         try:
-            with self._connection() as conn:  # kombu's, for Celery's broadcast
-                self._wake_workers(conn)
+            with self._connection() as connection:
+                self._wake_workers(connection)
         except Exception as exc:  # a courtesy: heartbeats arrive anyway within 2 s
             log.debug("could not ask workers for a heartbeat: %s", exc)
 
@@ -142,7 +148,12 @@ class RedisEventSource(EventConsumer):
                     got += stream.read_available()  # keep Redis's buffer for us empty
             now = clock()
             if events:
-                model.apply_many(events, now)
+                self._last_message = self.monotonic()
+                try:
+                    model.apply_many(events, now)
+                except Exception:  # a bug of ours must not look like a broker outage
+                    log.exception("could not apply a batch of events")
+                    model.record_invalid(INTERNAL_ERROR)
             if got or frames:
                 last_heard = now
             if now >= next_tick:
@@ -165,19 +176,20 @@ class RedisEventSource(EventConsumer):
             return  # PONG
         if frame[0] != b"pmessage":
             return  # subscription confirmations, pongs
-        self._last_message = self.monotonic()  # for the stall watchdog
-        # The kombu envelope: JSON with the body, base64 or utf-8 as it says.
+        # The envelope: what kombu would refuse to unpack (no properties, no
+        # delivery tag, bad base64) is counted under the kombu consumer's reason.
         try:
-            envelope = orjson.loads(frame[3])
-            body = envelope["body"]
+            envelope = decode_body(frame[3])
+            properties = envelope["properties"]
+            properties["delivery_tag"]
+            encoding = properties.get("body_encoding")
             content_type = envelope.get("content-type")
-            encoding = (envelope.get("properties") or {}).get("body_encoding")
-            if encoding == "base64":
-                body = base64.b64decode(body, validate=True)
-            elif encoding not in (None, "utf-8"):
+            body = envelope.get("body")
+            if body and encoding == "base64":
+                body = binascii.a2b_base64(body)
+            elif encoding not in (None, "utf-8", "base64"):
                 raise ValueError(f"unknown body_encoding {encoding!r}")
-        except (orjson.JSONDecodeError, binascii.Error, TypeError, KeyError, AttributeError,
-                ValueError):
+        except (ValueError, TypeError, KeyError, AttributeError, binascii.Error):
             self.model.record_invalid(BAD_ENVELOPE)
             return
         if content_type not in ACCEPTED_CONTENT_TYPES:
@@ -215,7 +227,7 @@ class _Stream:
     def _recv(self) -> int:
         try:
             data = self.sock.recv(READ_SIZE)
-        except ConnectionResetError:  # how Redis closes a client whose output it drops
+        except ConnectionResetError:  # how Redis may close a client whose output it drops
             data = b""
         if not data:
             self.closed = True  # what was read before still gets applied

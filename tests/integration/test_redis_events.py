@@ -101,9 +101,10 @@ def test_batched_single_base64_utf8_and_garbage(redis_server, fleet):
     # What the exporter must count and skip, each once.
     channel = "/7.celeryev/task.sent"
     garbage = {
-        "bad_envelope": [b"\x00\xffnot json at all", b"[1, 2, 3]", b'{"no": "body"}',
-                         envelope("{}", encoding="rot13")],
-        "not_json": [envelope("{truncated", encoding="utf-8")],
+        "not_json": [envelope("{truncated", encoding="utf-8"), envelope("")],
+        "bad_envelope": [b"\x00\xffnot json at all", b"[1, 2, 3]", b'{"no": "properties"}',
+                         envelope("{}", encoding="rot13"),
+                         json.dumps({"body": "e30=", "properties": {}}).encode()],  # no tag
         "content_type": [envelope("(dp0\n.", content_type="application/x-python-serialize")],
         "not_an_object": [envelope('[{"type": "task-sent", "uuid": "x", "name": "n"}, 42]')],
     }
