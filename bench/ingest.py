@@ -252,13 +252,19 @@ def ladder(name, url, redis_client, publisher, cursor, args, log) -> dict:
     try:
         rate = args.start_rate or (20_000.0 if name.startswith("celery-stalk") else 2_000.0)
         best, failed = None, None
-        while rate <= args.max_rate:
+        def step_at(rate: float) -> dict:
+            """One ladder step at ``rate``, on a fresh consumer if the last one died."""
+            nonlocal consumer
             if not consumer.alive():
                 consumer.stop()
                 consumer = start_consumer(name, url, redis_client)
             step = run_step(consumer, publisher, cursor.take(int(rate * args.duration)), rate, args)
             steps.append(step)
             log(name, step)
+            return step
+
+        while rate <= args.max_rate:
+            step = step_at(rate)
             if step["kept_up"]:
                 best = step
                 rate *= 1.5
@@ -266,13 +272,7 @@ def ladder(name, url, redis_client, publisher, cursor, args, log) -> dict:
                 failed = step
                 break
         if best and failed:  # one step halfway between the last success and the failure
-            rate = (best["offered_events_per_s"] + failed["offered_events_per_s"]) / 2
-            if not consumer.alive():
-                consumer.stop()
-                consumer = start_consumer(name, url, redis_client)
-            step = run_step(consumer, publisher, cursor.take(int(rate * args.duration)), rate, args)
-            steps.append(step)
-            log(name, step)
+            step = step_at((best["offered_events_per_s"] + failed["offered_events_per_s"]) / 2)
             if step["kept_up"]:
                 best = step
         burst = None

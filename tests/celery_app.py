@@ -11,7 +11,7 @@ import os
 import time
 
 from celery import Celery
-from celery.exceptions import Reject, SoftTimeLimitExceeded  # noqa: F401  (raised by the pool)
+from celery.exceptions import Reject
 
 def make_app(broker_url: str, transport_options: dict | None = None) -> Celery:
     """The app as both the worker and the producing test configure it."""

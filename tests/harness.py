@@ -176,3 +176,13 @@ class WorkerProcess:
 def wait_worker_up(exporter: ExporterProcess, nodename: str, timeout: float = 30) -> None:
     eventually(lambda: exporter.scrape().get("celery_worker_up", worker=nodename) == 1,
                timeout, message=f"{nodename} up")
+
+
+def wait_finished(exporter: ExporterProcess, count: int, timeout: float = 60) -> Metrics:
+    """Wait until ``count`` tasks have succeeded or failed; returns that scrape."""
+    def finished():
+        m = exporter.scrape()
+        done = m.sum("celery_task_succeeded_total") + m.sum("celery_task_failed_total")
+        return m if done >= count else None
+
+    return eventually(finished, timeout, message=f"{count} tasks finished")

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.celery_app import make_app
-from tests.harness import ExporterProcess, WorkerProcess, eventually, wait_worker_up
+from tests.harness import ExporterProcess, WorkerProcess, eventually, wait_finished, wait_worker_up
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +32,7 @@ def test_counts_exceptions_and_queue_consumers_on_rabbitmq(rabbitmq_server, flee
     for i in range(3):
         producer.send_task("tests.add", args=(i, i), queue="orphan")
 
-    def finished():
-        m = exporter.scrape()
-        done = m.sum("celery_task_succeeded_total") + m.sum("celery_task_failed_total")
-        return m if done >= 8 else None
-
-    eventually(finished, 60, message="8 tasks finished")
+    wait_finished(exporter, 8)
     time.sleep(2)
     m = exporter.scrape()
     assert m.get("celery_task_succeeded_total", task="tests.add", queue="work") == 4

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from tests.celery_app import make_app
-from tests.harness import ExporterProcess, WorkerProcess, eventually, wait_worker_up
+from tests.harness import ExporterProcess, WorkerProcess, eventually, wait_finished, wait_worker_up
 
 pytestmark = pytest.mark.integration
 
@@ -39,12 +39,7 @@ def test_task_counts_exceptions_runtime_and_wait_are_exact(redis_server, fleet):
     producer.send_task("tests.sleep_past_soft_limit")
     producer.send_task("tests.flaky", args=(2,))  # two retries, then success
 
-    def finished():
-        m = exporter.scrape()
-        done = m.sum("celery_task_succeeded_total") + m.sum("celery_task_failed_total")
-        return m if done >= 12 else None
-
-    eventually(finished, 60, message="12 tasks finished")
+    wait_finished(exporter, 12)
     time.sleep(2)  # anything late would show up now as a wrong count
     m = exporter.scrape()
 
