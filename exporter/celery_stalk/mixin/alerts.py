@@ -725,6 +725,9 @@ and on ({_target(c)})
 def _no_consumers(c: Config) -> str:
     w = c.no_consumers_window
     messages = _sel(c, "celery_queue_messages")
+    # A task received from the queue in the window: the counter grew, or its series
+    # appeared (increase() cannot see a series' first sample, as after an exporter restart).
+    received = _sel(c, "celery_task_received_total")
     return _once(c, f"""\
 (
     {messages} > 0
@@ -735,13 +738,13 @@ or
 (
     {messages} > 0
   and
-    min_over_time({messages}[{w}]) > 0
-  and
     sum without (task) ({_sel(c, "celery_task_sent_total")})
   unless
     {_sel(c, "celery_queue_consumers")}
   unless
-    sum without (task) (increase({_sel(c, "celery_task_received_total")}[{w}])) > 0
+    sum without (task) (increase({received}[{w}])) > 0
+  unless
+    sum without (task) ({received} unless {received} offset {w})
 )""")
 
 

@@ -50,10 +50,10 @@ def settings_options(command):
 def mixin(out: Path, config_file: Path | None, check: bool, **settings):
     """Write the Prometheus rules, runbook and Grafana dashboards for your settings."""
     values: dict = {}
-    if config_file is not None:
-        values.update(_read_settings(config_file))
-    values.update({name: value for name, value in settings.items() if value is not None})
     try:
+        if config_file is not None:
+            values.update(_read_settings(config_file))
+        values.update({name: value for name, value in settings.items() if value is not None})
         config = overrides(DEFAULT, values)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -75,14 +75,14 @@ def _read_settings(path: Path) -> dict:
     try:
         loaded = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise click.UsageError(f"--config: cannot read {str(path)!r}: {exc.strerror}") from None
+        raise ConfigError([f"--config: cannot read {str(path)!r}: {exc.strerror}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise click.UsageError(f"--config: {str(path)!r} is not valid YAML{where}") from None
+        raise ConfigError([f"--config: {str(path)!r} is not valid YAML{where}"]) from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise click.UsageError(f"--config: {str(path)!r} must be a mapping of setting names "
-                               "to values")
+        raise ConfigError([f"--config: {str(path)!r} must be a mapping of setting names to "
+                           "values"])
     return loaded
