@@ -297,8 +297,8 @@ def alerts(c: Config) -> list[Alert]:
                 "event came, or the exporter heard no event at all while the broker shows the "
                 "queues being consumed (RabbitMQ consumers, or a Redis queue depth that keeps "
                 "going down). A task that runs longer than the window keeps the count steady "
-                "and does not fire it. A fleet whose every slot stays busy with the same count "
-                "is not judged by the first test; the runbook's *Confirm* finds it."
+                "and does not fire it. A fleet whose every slot stays busy, so that the count "
+                "never changes, is judged by the second test only."
             ),
             confirm=(
                 "`celery -A proj inspect active` shows tasks running; "
@@ -334,7 +334,7 @@ def alerts(c: Config) -> list[Alert]:
             ),
             pages=(
                 "At the first scrape after the exporter's `--worker-timeout` (20 s) runs out: "
-                "about 50 s after a SIGKILL, with no `for:`, because the exporter's timeout "
+                "within about 50 s of a SIGKILL, with no `for:`, because the exporter's timeout "
                 "already tells a dead worker from a late heartbeat. It resolves as soon as the "
                 f"worker heartbeats again, else {span(c.worker_lost_window)} after its last "
                 "heartbeat: long enough to be acted on, short enough that one crash is one "
@@ -398,8 +398,9 @@ def alerts(c: Config) -> list[Alert]:
             meaning=(
                 "On RabbitMQ the broker counts the queue's consumers: this fires when it holds "
                 "messages and has none. Redis cannot tell consumers, so there it fires when the "
-                f"queue held messages for all of {c.no_consumers_window} and no worker received a "
-                "task from it (no `task-received` event for that queue) in that time. The Redis "
+                "queue holds messages and no worker received a task from it (no `task-received` "
+                f"event for that queue) in the last {c.no_consumers_window}, continuously for "
+                f"{c.no_consumers_for}. The Redis "
                 "rule judges only queues whose `task-sent` events the exporter has seen "
                 "(`task_send_sent_event = True` on producers): without them a received task "
                 "cannot be tied to its queue."
@@ -621,8 +622,9 @@ unless
             pages=(
                 "At the first rule evaluation after the scrape that counts the hit, also for a "
                 "task's first hit (a new series), with no `for:`: every hit is worth a look and "
-                f"none is noise. It resolves {span(c.time_limit_window)} after the last hit, so "
-                "a later hit pages again; hits closer together than that are one page. Hits "
+                f"none is noise. It resolves {span(c.time_limit_window)} after the last "
+                "evaluation that saw a hit (a hit is seen for "
+                f"{span(c.time_limit_lookback)}), so a later hit pages again; hits closer together than that are one page. Hits "
                 "counted while Prometheus was not scraping the exporter (a fresh Prometheus, a "
                 f"gap over {span(c.time_limit_window)}) do not page."
             ),
@@ -648,14 +650,14 @@ def _burst_note(c: Config) -> str:
     """What a 2-minute burst of failures does to the fast failure alert."""
     window, hold, burst = seconds(c.failure_fast_window), seconds(c.failure_fast_for), 120
     if window < burst:
-        return (f"A burst shorter than {hold - window} seconds does not page, whatever its "
+        return (f"a burst shorter than {hold - window} seconds does not page, whatever its "
                 "volume.")
     if 2 * burst <= hold:
-        return "A 2-minute burst does not page, whatever its volume."
+        return "a 2-minute burst does not page, whatever its volume."
     # The window's ratio is over the threshold from window/k into the burst until
     # burst - window/k after it, for failures at k times the rate of the task's successes.
     factor = 2 * window / (2 * burst - hold)
-    return (f"A 2-minute burst does not page unless its failures come at {factor:g} times the "
+    return (f"a 2-minute burst does not page unless its failures come at {factor:g} times the "
             "rate of the task's successes or more, on top of them.")
 
 
