@@ -226,7 +226,8 @@ def test_fault_matrix_pages_once_per_fault_in_time_and_never_from_the_dead(stack
                              **redis_labels}}): 1,
         identity({"labels": {"alertname": "CeleryBrokerUnreachable", **redis_labels}}): 1,
     })
-    assert got == expected, f"pages: {sorted(got.items())}"
+    timeline = [(round(at - began, 1), identity(alert)) for at, alert in pages(stack.webhook, began)]
+    assert got == expected, f"pages (seconds into the matrix): {timeline}"
 
 
 # What one send_traffic() adds up to, once the worker is done with it.

@@ -665,7 +665,9 @@ def _events_stalled(c: Config) -> str:
     w = c.events_stalled_window
     task_events = _sel(c, "celery_stalk_events_total", f'type=~"{WORKER_TASK_EVENTS}"')
     # Tasks start or end: the count a worker executes changed. A single long task keeps
-    # it steady, so it cannot look like missing events however long it runs.
+    # it steady, so it cannot look like missing events however long it runs. A task event
+    # arrived: its counter grew, or its series appeared (the first task events after an
+    # exporter restart create them, and increase() cannot see a series' first sample).
     return _once(c, f"""\
 (
     sum without (worker) (
@@ -675,6 +677,8 @@ def _events_stalled(c: Config) -> str:
     )
   unless
     sum without (type) (increase({task_events}[{w}])) > 0
+  unless
+    sum without (type) ({task_events} unless {task_events} offset {w})
 )
 or
 (
