@@ -235,7 +235,7 @@ def test_static_queues_are_known_before_any_event():
 
 def connected_model(now=1000.0, **settings) -> Model:
     model = Model(ModelSettings(**settings))
-    model.consumer_connected(now)
+    model.link_up(now)
     return model
 
 
@@ -296,15 +296,14 @@ def test_down_workers_are_forgotten_after_ttl_but_lost_total_is_kept():
 def test_broker_outage_does_not_declare_the_fleet_lost():
     model = connected_model(worker_timeout=10)
     model.apply(ev.online("a@x"), 1000.0)
-    model.consumer_disconnected()
+    model.link_down()
     for t in range(1000, 1100):
         model.tick(float(t))
     assert model.snapshot(1100.0).workers["a@x"].up  # unknown: last verdict kept
-    model.consumer_connected(1100.0)
+    model.link_up(1100.0)
     model.tick(1105.0)
     snap = model.snapshot(1105.0)
     assert snap.workers["a@x"].up and snap.workers_lost == 0  # grace after reconnect
-    assert snap.reconnects == 1
     model.tick(1111.0)
     assert model.snapshot(1111.0).workers_lost == 1  # still silent: now it is lost
 
@@ -373,3 +372,31 @@ def test_sent_event_without_queue_uses_the_fallback_rule():
     snap = replay(Model(), events)
     assert snap.counters["task-sent"] == {("app.report", "reports"): 2}
     assert snap.counters["task-received"] == {("app.report", "reports"): 2}
+
+
+def test_a_full_cap_forgets_the_longest_idle_name_after_label_ttl_and_drops_its_series():
+    model = Model(ModelSettings(max_task_names=3, label_ttl=100))  # "unknown" takes one slot
+    model.apply_many(ev.lifecycle("t1", "old.task", "q", t0=0.0), 0.0)
+    model.apply_many(ev.lifecycle("t2", "busy.task", "q", t0=0.0), 0.0)
+    model.apply_many(ev.lifecycle("t3", "busy.task", "q", t0=60.0), 60.0)
+    model.apply_many(ev.lifecycle("t4", "new.task", "q", t0=50.0), 50.0)
+    snap = model.snapshot(50.0)
+    assert ("other", "q") in snap.counters["task-sent"]  # full, and nothing idle long enough
+    assert snap.overflow["task"] == 1 and snap.forgotten["task"] == 0
+    model.apply_many(ev.lifecycle("t5", "new.task", "q", t0=150.0), 150.0)
+    snap = model.snapshot(150.0)
+    # old.task was idle for 150 s: forgotten with its series; busy.task (idle 90 s) kept
+    assert snap.forgotten["task"] == 1
+    assert ("new.task", "q") in snap.counters["task-sent"]
+    assert not any(name == "old.task" for name, _ in snap.counters["task-sent"])
+    assert not any(key[0] == "old.task" for key in snap.runtime)
+    assert ("busy.task", "q") in snap.counters["task-sent"]
+
+
+def test_static_queues_and_unknown_are_never_forgotten():
+    model = Model(ModelSettings(max_queues=3, label_ttl=10), static_queues=("critical",))
+    model.apply(ev.sent("t1", "a", "q1"), 0.0)
+    model.apply(ev.sent("t2", "a", "q2"), 100.0)  # q1 idle for 100 s makes room
+    assert model.known_queues() == ["critical", "q2"]
+    model.apply(ev.sent("t3", "a", "q3"), 200.0)
+    assert model.known_queues() == ["critical", "q3"]
