@@ -84,7 +84,9 @@ OPTIONS: tuple[Option, ...] = (
            "it may be forgotten (its series dropped) to make room for a new one once its cap "
            "(--max-task-names, --max-queues, --max-exceptions) is full.", "seconds", "86400",
            model=True),
-    Option("max-workers", "Distinct workers tracked at once.", "count", "2000", model=True),
+    Option("max-workers", "Distinct workers tracked at once; past it, a new worker takes the "
+           "place of the one down longest, else of the one heard from least recently.", "count",
+           "2000", model=True),
     Option("events-stall-timeout", "Seconds without any event, while workers are up, after which the "
            "event consumer takes its subscription for silently lost (half-open connection, broker "
            "failover) and reconnects. Must be shorter than --worker-timeout; default: half of it, "

@@ -308,13 +308,51 @@ def test_broker_outage_does_not_declare_the_fleet_lost():
     assert model.snapshot(1111.0).workers_lost == 1  # still silent: now it is lost
 
 
-def test_worker_cap_bounds_tracked_workers():
-    model = connected_model(max_workers=2)
-    for i in range(5):
-        model.apply(ev.heartbeat(f"w{i}@h"), 1000.0)
-    snap = model.snapshot(1000.0)
-    assert sorted(snap.workers) == ["w0@h", "w1@h"]
-    assert snap.overflow["worker"] == 3
+def test_worker_cap_takes_every_new_worker_forgetting_down_ones_first():
+    model = connected_model(max_workers=3)
+    model.apply(ev.online("steady@h"), 999.0)
+    model.apply(ev.heartbeat("steady@h"), 1000.0)
+    model.apply(ev.offline("gone@h"), 1000.0)
+    model.apply(ev.heartbeat("w0@h"), 1001.0)
+    model.apply(ev.heartbeat("w1@h"), 1002.0)  # full: the worker that shut down goes first
+    snap = model.snapshot(1002.0)
+    assert sorted(snap.workers) == ["steady@h", "w0@h", "w1@h"]
+    assert snap.forgotten["worker"] == 1
+    model.apply(ev.heartbeat("w2@h"), 1003.0)  # then one heard from only once, longest ago
+    assert sorted(model.snapshot(1003.0).workers) == ["steady@h", "w1@h", "w2@h"]
+    for name in ("w1@h", "w2@h", "steady@h"):
+        model.apply(ev.heartbeat(name), 1004.0)
+    model.apply(ev.heartbeat("w3@h"), 1005.0)  # all heard twice: the least recently heard
+    assert sorted(model.snapshot(1005.0).workers) == ["steady@h", "w2@h", "w3@h"]
+
+
+def flood(model: Model, seconds: int, names_per_second: int, start: float = 1000.0) -> list[bool]:
+    """Made-up hostnames, each heard once, while one real worker heartbeats every 2 s;
+    whether the real worker was visible and up after each step."""
+    visible = []
+    steps = seconds * names_per_second
+    for i in range(steps):
+        now = start + i / names_per_second
+        if i % (2 * names_per_second) == 0:
+            model.apply(ev.heartbeat("real@h"), now)
+        model.apply(ev.heartbeat(f"fake-{i}@h"), now)
+        if i % names_per_second == 0:
+            model.tick(now)
+        view = model.snapshot(now).workers.get("real@h") if i > 2 * names_per_second else True
+        visible.append(bool(view and (view is True or view.up)))
+    return visible
+
+
+def test_a_live_worker_stays_visible_through_a_flood_of_new_hostnames():
+    # 80 new names a second against a cap of 100: each 2 s heartbeat interval brings 160,
+    # more than the cap, so heard-least-recently alone would push the real worker out
+    model = connected_model(max_workers=100, worker_timeout=10)
+    assert all(flood(model, 30, 80))
+    snap = model.snapshot(1030.0)
+    assert len(snap.workers) == 100
+    # every made-up name, and the real worker once: pushed out before its second heartbeat,
+    # it has been kept as one heard twice since
+    assert snap.forgotten["worker"] == 30 * 80 + 2 - 100
 
 
 def test_worker_full_nodename_is_kept():

@@ -36,3 +36,13 @@ def test_a_batch_is_flattened_and_a_single_event_kept():
 def test_what_is_not_json_or_not_json_typed_is_counted_not_raised():
     assert decode("application/x-python-serialize", b"\x80\x04") == ([], [CONTENT_TYPE])
     assert decode("application/json", b"{not json") == ([], [NOT_JSON])
+
+
+def test_json_nested_deeper_than_any_event_is_counted_as_too_deep():
+    from celery_stalk.sources.decode import TOO_DEEP
+
+    for depth in (1100, 100_000):
+        assert decode("application/json", b"[" * depth + b"]" * depth) == ([], [TOO_DEEP])
+    # not UTF-8 takes the standard library's path: still refused, never a RecursionError
+    bad = b"[" * 5000 + b'"\xff"' + b"]" * 5000
+    assert decode("application/json", bad) == ([], [TOO_DEEP])

@@ -79,7 +79,8 @@ CATALOG: dict[str, Metric] = {
                "Celery events applied, by event type (other: types this version does not know)."),
         Metric("celery_stalk_events_invalid_total", "counter", ("reason",),
                "Messages or events that could not be applied and were skipped, by reason: "
-               "not_json, content_type, bad_envelope (not a kombu message), not_an_object, "
+               "not_json, too_deep (JSON nested deeper than any event), content_type, bad_envelope "
+               "(not a kombu message), not_an_object, "
                "missing_type, missing_field (absent or wrongly typed), bad_value (empty, longer "
                "than 300 characters or not UTF-8), internal_error (a bug: see the log)."),
         Metric("celery_stalk_last_event_timestamp_seconds", "gauge", (),
@@ -97,10 +98,12 @@ CATALOG: dict[str, Metric] = {
                "events count as task name unknown."),
         Metric("celery_stalk_label_overflow_total", "counter", ("label",),
                "Values past the cap of distinct label values (--max-task-names, --max-queues, "
-               "--max-exceptions, --max-workers), reported as \"other\"."),
+               "--max-exceptions), reported as \"other\"."),
         Metric("celery_stalk_label_forgotten_total", "counter", ("label",),
-               "Label values (task, queue, exception) idle for --label-ttl that were forgotten, "
-               "their series dropped, to make room for a new value once the cap was full."),
+               "Label values forgotten, their series dropped, to make room for a new one once "
+               "the cap was full: task names, queues and exception types idle for --label-ttl; "
+               "workers (--max-workers) down longest, else heard from only once, else heard from "
+               "least recently."),
         Metric("celery_stalk_broker_up", "gauge", (),
                "1 if this scrape's queue depth read from the broker succeeded, else 0."),
         Metric("celery_stalk_events_connected", "gauge", (),

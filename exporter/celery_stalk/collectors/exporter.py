@@ -32,8 +32,7 @@ class ExporterCollector:
         yield single("celery_stalk_tracked_tasks", health.tracked_tasks)
         yield single("celery_stalk_tracked_tasks_evicted_total", health.evicted_tasks)
         yield labelled("celery_stalk_label_overflow_total", health.overflow)
-        yield labelled("celery_stalk_label_forgotten_total",
-                       {k: v for k, v in health.forgotten.items() if k != "worker"})
+        yield labelled("celery_stalk_label_forgotten_total", health.forgotten)
         yield single("celery_stalk_events_connected", 1 if link.connected else 0)
         yield single("celery_stalk_broker_reconnects_total", link.reconnects)
         yield single("celery_stalk_events_stalls_total", link.stalls)

@@ -53,7 +53,7 @@ class HealthSnapshot:
     tracked_tasks: int
     evicted_tasks: int
     overflow: dict[str, int]  # by label: values past a cap, reported as "other"
-    forgotten: dict[str, int]  # by label: idle values forgotten to make room
+    forgotten: dict[str, int]  # by label: values forgotten to make room for new ones
 
 
 @dataclass
@@ -172,7 +172,6 @@ class Model:
             "task": self.ledger.task_names,
             "queue": self.ledger.queue_names,
             "exception": self.ledger.exception_names,
-            "worker": self.workers.names,
         }
         return HealthSnapshot(
             events=dict(self._events),
@@ -181,7 +180,8 @@ class Model:
             tracked_tasks=len(self.tracker),
             evicted_tasks=self.tracker.evicted,
             overflow={label: cap.overflow for label, cap in caps.items()},
-            forgotten={label: cap.forgotten for label, cap in caps.items()},
+            forgotten={**{label: cap.forgotten for label, cap in caps.items()},
+                       "worker": self.workers.evicted},
         )
 
     def snapshot(self, now: float) -> Snapshot:

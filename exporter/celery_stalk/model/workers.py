@@ -8,10 +8,10 @@ instead of declaring the fleet dead.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from .fields import MAX_HEARTBEAT_INTERVAL, gauge_int, label_refusal, number
-from .labels import OTHER, LabelCap
 from .settings import ModelSettings
 
 WORKER_EVENTS = ("worker-online", "worker-heartbeat", "worker-offline")
@@ -47,11 +47,31 @@ class WorkerSnapshot:
 
 
 class WorkerRegistry:
+    """Up to ``max_workers`` workers. A new worker is always taken in: when the
+    registry is full, the one forgotten to make room is a down worker (the one
+    down longest), else one heard from only once (the longest ago), else the
+    one heard from least recently.
+
+    A real worker heartbeats every few seconds; made-up or churning hostnames
+    are each heard once. Names forgotten after being heard once are remembered
+    (names only, as many as ``max_workers``), so a worker heard again after
+    being pushed out is kept as one heard twice: a live worker stays visible
+    through a flood of up to ``max_workers`` new hostnames per heartbeat
+    interval (the default 2,000: 1,000 a second).
+    """
+
     def __init__(self, settings: ModelSettings):
         self.settings = settings
-        self.workers: dict[str, Worker] = {}
+        # In the order they were last heard from: the first is the quietest.
+        self.workers: OrderedDict[str, Worker] = OrderedDict()
+        # Workers that are down (shut down or lost), in the order they went down.
+        self.down: OrderedDict[str, None] = OrderedDict()
+        # Workers heard from once so far, in the order they were heard.
+        self.once: OrderedDict[str, None] = OrderedDict()
+        # Names forgotten after being heard once, most recent last (bounded).
+        self.forgotten_once: OrderedDict[str, None] = OrderedDict()
         self.lost_total = 0
-        self.names = LabelCap(settings.max_workers)
+        self.evicted = 0  # forgotten to make room for a new worker
         self.linked = False
         self.linked_since = 0.0
 
@@ -67,12 +87,22 @@ class WorkerRegistry:
             return refused
         worker = self.workers.get(hostname)
         if worker is None:
-            if self.names.admit(hostname, now) == OTHER:
-                return None  # counted as overflow; the event itself was fine
+            if len(self.workers) >= self.settings.max_workers:
+                self._make_room()
             worker = self.workers[hostname] = Worker()
+            if self.forgotten_once.pop(hostname, False) is False:
+                self.once[hostname] = None  # else: heard before, now twice
+        else:
+            self.workers.move_to_end(hostname)
+            self.once.pop(hostname, None)
         worker.last_seen = now
         worker.lost = False
         worker.offline = event["type"] == "worker-offline"
+        if worker.offline:
+            self.down[hostname] = None
+            self.down.move_to_end(hostname)
+        else:
+            self.down.pop(hostname, None)
         active, processed = gauge_int(event.get("active")), gauge_int(event.get("processed"))
         if active is not None:
             worker.active = active
@@ -85,6 +115,23 @@ class WorkerRegistry:
         if isinstance(version, str):
             worker.version = version[:64]
         return None
+
+    def _make_room(self) -> None:
+        for candidates in (self.down, self.once, self.workers):
+            if candidates:
+                hostname = next(iter(candidates))
+                if candidates is self.once:
+                    self.forgotten_once[hostname] = None
+                    if len(self.forgotten_once) > self.settings.max_workers:
+                        self.forgotten_once.popitem(last=False)
+                self._forget(hostname)
+                self.evicted += 1
+                return
+
+    def _forget(self, hostname: str) -> None:
+        del self.workers[hostname]
+        self.down.pop(hostname, None)
+        self.once.pop(hostname, None)
 
     def link_up(self, now: float) -> None:
         if not self.linked:
@@ -128,9 +175,9 @@ class WorkerRegistry:
             elif self.linked and not self._is_up(worker, now):
                 worker.lost = True
                 self.lost_total += 1
+                self.down[hostname] = None
         for hostname in forget:
-            del self.workers[hostname]
-            self.names.discard(hostname)
+            self._forget(hostname)
 
     # -- output ---------------------------------------------------------------
 

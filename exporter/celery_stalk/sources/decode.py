@@ -18,9 +18,18 @@ ACCEPTED_CONTENT_TYPES = frozenset({"application/json", "", None})
 # (celery_stalk_events_invalid_total{reason}).
 CONTENT_TYPE = "content_type"
 NOT_JSON = "not_json"
+TOO_DEEP = "too_deep"  # JSON nested deeper than any event (an attack, or garbage)
 BAD_ENVELOPE = "bad_envelope"
 INTERNAL_ERROR = "internal_error"
-MESSAGE_REASONS = (CONTENT_TYPE, NOT_JSON, BAD_ENVELOPE, INTERNAL_ERROR)
+MESSAGE_REASONS = (CONTENT_TYPE, NOT_JSON, TOO_DEEP, BAD_ENVELOPE, INTERNAL_ERROR)
+# Celery events are a list of flat objects: three levels at most. orjson
+# refuses anything deeper than 1024; the standard library would recurse until
+# Python's own limit and raise RecursionError.
+MAX_DEPTH_MESSAGE = "depth limit exceeded"
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than the decoder allows."""
 
 
 def decode_body(body: bytes | str) -> object:
@@ -34,10 +43,15 @@ def decode_body(body: bytes | str) -> object:
     """
     try:
         return orjson.loads(body)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if MAX_DEPTH_MESSAGE in str(exc):
+            raise TooDeep(str(exc)) from None
         if isinstance(body, bytes):
             body = body.decode("utf-8", "surrogateescape")
-        return json.loads(body)
+        try:
+            return json.loads(body)
+        except RecursionError:
+            raise TooDeep("nested too deep") from None
 
 
 def decode_into(content_type: object, body: bytes | str, events: list,
@@ -48,6 +62,9 @@ def decode_into(content_type: object, body: bytes | str, events: list,
         return
     try:
         decoded = decode_body(body)
+    except TooDeep:
+        invalid(TOO_DEEP)
+        return
     except (ValueError, TypeError):
         invalid(NOT_JSON)
         return

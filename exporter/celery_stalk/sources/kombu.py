@@ -26,8 +26,9 @@ EVENT_QUEUE_EXPIRES = 60.0
 AMQP_HEARTBEAT = 10.0
 # kombu polls some transports: never ask it for a read shorter than this.
 MIN_READ_TIMEOUT = 0.01
-# Errors kombu raises while unpacking a malformed message envelope.
-ENVELOPE_ERRORS = (KeyError, TypeError, ValueError, binascii.Error)
+# Errors kombu raises while unpacking a malformed message envelope (its JSON
+# decoder recurses on deeply nested input).
+ENVELOPE_ERRORS = (KeyError, TypeError, ValueError, binascii.Error, RecursionError)
 # More malformed envelopes than this in a row, with no good message between,
 # look like a broken connection rather than bad input: reconnect.
 MAX_ENVELOPE_ERRORS_IN_A_ROW = 20

@@ -182,7 +182,7 @@ class RedisReader:
                 body = binascii.a2b_base64(body)
             elif encoding not in (None, "utf-8", "base64"):
                 raise ValueError(f"unknown body_encoding {encoding!r}")
-        except (ValueError, TypeError, KeyError, AttributeError, binascii.Error, RecursionError):
+        except (ValueError, TypeError, KeyError, AttributeError, binascii.Error):
             self.invalid(BAD_ENVELOPE)
             return
         messages.append((content_type, body))
