@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from .fields import (
     BAD_VALUE,
     MAX_DURATION,
+    MAX_TASK_ID_LENGTH,
     MISSING_FIELD,
     MISSING_TYPE,
     NOT_AN_OBJECT,
@@ -80,12 +81,10 @@ class Model:
         self._events: dict[str, int] = {}
         self._invalid: dict[str, int] = {}
         self._last_event: float | None = None
-        # The dispatch table: event type -> (handler, whether it is keyed by a
-        # task id, checked here once for every task event).
-        self._dispatch = {
-            **{kind: (handler, True) for kind, handler in self.tasks.handlers().items()},
-            **{kind: (handler, False) for kind, handler in self.workers.handlers().items()},
-        }
+        # The dispatch table: event type -> handler. Task events are keyed by a
+        # task id, checked here once for all of them.
+        self._task_handlers = self.tasks.handlers()
+        self._other_handlers = self.workers.handlers()
 
     # -- input ------------------------------------------------------------
 
@@ -108,21 +107,25 @@ class Model:
         if not isinstance(kind, str):
             self._refuse(MISSING_TYPE)
             return
-        entry = self._dispatch.get(kind)
-        if entry is None:
-            label = kind if kind in KNOWN_EVENTS else OTHER
-        else:
-            handler, keyed = entry
-            if keyed:
-                task_id = event.get("uuid")
-                reason = id_refusal(task_id) or handler(task_id, event, now)
+        handler = self._task_handlers.get(kind)
+        if handler is not None:
+            task_id = event.get("uuid")
+            if type(task_id) is str and len(task_id) <= MAX_TASK_ID_LENGTH:
+                reason = handler(task_id, event, now)
             else:
-                reason = handler(event, now)
-            if reason:
-                self._refuse(reason)
+                reason = id_refusal(task_id)
+        else:
+            handler = self._other_handlers.get(kind)
+            if handler is None:
+                label = kind if kind in KNOWN_EVENTS else OTHER
+                self._events[label] = self._events.get(label, 0) + 1
+                self._last_event = now
                 return
-            label = kind
-        self._events[label] = self._events.get(label, 0) + 1
+            reason = handler(event, now)
+        if reason:
+            self._refuse(reason)
+            return
+        self._events[kind] = self._events.get(kind, 0) + 1
         self._last_event = now
 
     def _refuse(self, reason: str) -> None:

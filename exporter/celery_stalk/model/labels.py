@@ -73,10 +73,12 @@ class LabelCap:
 
     def admit(self, value: str, now: float) -> str:
         last_used = self.last_used
-        if value in last_used:
-            last_used[value] = now
+        size = len(last_used)
+        last_used[value] = now  # one hash lookup for the common case, a known value
+        if len(last_used) == size or size < self.limit:
             return value
-        if len(last_used) < self.limit or self._make_room(now):
+        del last_used[value]  # a new value past the cap
+        if self._make_room(now):
             last_used[value] = now
             return value
         self.overflow += 1

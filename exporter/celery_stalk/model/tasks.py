@@ -18,6 +18,11 @@ from .tracker import TaskTracker, TrackedTask
 class TaskEvents:
     def __init__(self, ledger: TaskLedger, tracker: TaskTracker, routes: TaskRoutes):
         self.ledger = ledger
+        # The counters of the events every task has, counted inline (the hot path).
+        self._sent = ledger.counters["task-sent"]
+        self._received = ledger.counters["task-received"]
+        self._started = ledger.counters["task-started"]
+        self._succeeded = ledger.counters["task-succeeded"]
         self.tracker = tracker
         self.routes = routes
         # The queue a task name was last sent to: the fallback for tasks whose
@@ -70,7 +75,8 @@ class TaskEvents:
         task.eligible = runnable_from(sent, event.get("eta"))
         task.wait_observed = False
         labels = self.labels("task-sent", task)
-        ledger.count("task-sent", labels)
+        counter = self._sent
+        counter[labels] = counter.get(labels, 0) + 1
         if task.started is not None:  # task-started overtook task-sent
             self._observe_wait(task, labels)
         return None
@@ -83,14 +89,17 @@ class TaskEvents:
         task = self.tracker.get_or_add(task_id)
         if task.name is None:
             task.name = self.ledger.task_names.admit(name, now)
-        self.ledger.count("task-received", self.labels("task-received", task))
+        labels = self.labels("task-received", task)
+        counter = self._received
+        counter[labels] = counter.get(labels, 0) + 1
         return None
 
     def on_started(self, task_id: str, event: dict, now: float) -> str | None:
         task = self.tracker.get_or_add(task_id)
         task.started = number(event.get("timestamp"))
         labels = self.labels("task-started", task)
-        self.ledger.count("task-started", labels)
+        counter = self._started
+        counter[labels] = counter.get(labels, 0) + 1
         if task.sent is not None:
             self._observe_wait(task, labels)
         return None
@@ -110,7 +119,8 @@ class TaskEvents:
 
     def on_succeeded(self, task_id: str, event: dict, now: float) -> str | None:
         labels = self.labels("task-succeeded", self.tracker.pop(task_id))
-        self.ledger.count("task-succeeded", labels)
+        counter = self._succeeded
+        counter[labels] = counter.get(labels, 0) + 1
         runtime = number(event.get("runtime"))
         if runtime is not None and runtime <= MAX_DURATION:
             self.ledger.observe_runtime(labels, max(runtime, 0.0))
