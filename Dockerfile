@@ -4,7 +4,7 @@
 
 FROM python:3.12-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY exporter/ exporter/
 COPY docker/build-steps.sh docker/
 RUN sh docker/build-steps.sh wheels /src /wheels

@@ -1,15 +1,20 @@
-"""celery-stalk with its kombu event consumer on Redis too: the baseline the pub/sub
-event source is measured against (ingest.py's celery-stalk-kombu)."""
+"""celery-stalk with the kombu event reader on Redis too: the baseline the pub/sub
+reader is measured against (ingest.py's celery-stalk-kombu)."""
 
-from celery_stalk import app, cli
-from celery_stalk.events import EventConsumer
+import socket
 
-
-def kombu_consumer(config, model):
-    return EventConsumer(model, config.broker_url, config.transport_options)
+from celery_stalk import app, cli, sources
+from celery_stalk.sources.kombu import KombuReader
 
 
-app.event_source = kombu_consumer
+def kombu_source(config, model, state=None):
+    state = state or sources.SourceState()
+    reader = KombuReader(config.broker_url, config.transport_options, config.kombu_ssl,
+                         f"celery-stalk-bench.{socket.gethostname()}", state.invalid)
+    return sources.EventSource(reader, model, state, stall_timeout=config.events_stall_timeout)
+
+
+app.event_source = kombu_source
 
 if __name__ == "__main__":
     cli.main()

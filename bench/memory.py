@@ -39,8 +39,9 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 from prometheus_client.exposition import choose_encoder  # noqa: E402
 
 from celery_stalk import __version__, exposition  # noqa: E402
-from celery_stalk.collectors import Exporter, ModelCollector  # noqa: E402
+from celery_stalk.collectors import Exporter, model_collectors  # noqa: E402
 from celery_stalk.model import Model, ModelSettings  # noqa: E402
+from celery_stalk.sources import SourceState  # noqa: E402
 from ingest import machine  # noqa: E402
 from stream import EXCEPTIONS, _word  # noqa: E402
 
@@ -84,11 +85,13 @@ def main() -> None:
     model = Model(ModelSettings(worker_ttl=args.worker_ttl))
     registry = CollectorRegistry(auto_describe=False)
     clock = [1_795_000_000.0]
-    registry.register(Exporter([ModelCollector(model, clock=lambda: clock[0])], __version__))
+    registry.register(Exporter(model_collectors(model, SourceState(), clock=lambda: clock[0]),
+                               __version__))
     encoder, content_type = choose_encoder(ACCEPT)
+    renderer = exposition.Renderer()
     names = [f"proj.tasks.{_word(i)}" for i in range(args.task_names)]
     queue_of = {name: f"q{i % args.queues}" for i, name in enumerate(names)}
-    model.consumer_connected(clock[0])
+    model.link_up(clock[0])
 
     generation = 0
     batch: list[dict] = []
@@ -143,7 +146,7 @@ def main() -> None:
             model.tick(now)
             next_tick = now + 1.0
         if now >= next_scrape:
-            exposition_bytes = sum(len(p) for p in exposition.render(registry, encoder, content_type))
+            exposition_bytes = sum(len(p) for p in renderer.render(registry, encoder, content_type))
             next_scrape = now + 15.0
         if i % 100_000 == 0 and i:
             gc.collect()

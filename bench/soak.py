@@ -12,7 +12,13 @@ Every --sample seconds it records the exporter's RSS and the number of series
 on /metrics. Not a test and not run in CI: run it, read the table, put the
 figures in bench/README.md.
 
+With --max-workers below the number of worker series the churn keeps alive
+(about 55 with the defaults), the hostnames go past the cap; a steady worker
+that heartbeats every 2 s for the whole run must stay visible all along
+(checked every --check seconds).
+
     PYTHONPATH=. .venv/bin/python bench/soak.py --minutes 30
+    PYTHONPATH=. .venv/bin/python bench/soak.py --minutes 30 --max-workers 30
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from tests.brokers import RedisServer  # noqa: E402
 from tests.harness import ExporterProcess, eventually  # noqa: E402
 
 TASK_NAMES = [f"app.tasks.job_{i}" for i in range(20)]
+STEADY = "celery@soak-steady"
 QUEUES = ["default", "bulk", "critical"]
 EXCEPTIONS = ["ValueError('bad input')", "KeyError('id')", "TimeoutError()"]
 
@@ -74,6 +81,7 @@ class Traffic:
         self.serial = itertools.count()
         self.sent_tasks = 0
         self.worker_count = 0
+        self.steady_beat = 0.0
 
     def publish(self, body, routing_key: str) -> None:
         self.producer.publish(body, exchange=self.exchange, routing_key=routing_key,
@@ -89,7 +97,11 @@ class Traffic:
                                 sw_sys="Linux"), kind.replace("-", "."))
 
     def churn(self, now: float) -> None:
-        """A new worker every --churn seconds; old ones leave cleanly or vanish."""
+        """A new worker every --churn seconds; old ones leave cleanly or vanish. The
+        steady worker heartbeats every 2 s throughout."""
+        if now - self.steady_beat >= 2.0:
+            self.heartbeat(STEADY, "worker-online" if not self.steady_beat else "worker-heartbeat")
+            self.steady_beat = now
         if not self.workers or now - max(w["born"] for w in self.workers.values()) >= self.args.churn:
             hostname = f"celery@soak-{self.worker_count}-{uuid.uuid4().hex[:6]}"
             self.worker_count += 1
@@ -140,12 +152,17 @@ def main() -> int:
     parser.add_argument("--worker-life", type=float, default=45.0)
     parser.add_argument("--worker-ttl", type=float, default=120.0)
     parser.add_argument("--sample", type=float, default=30.0)
+    parser.add_argument("--max-workers", type=int, default=0,
+                        help="the exporter's --max-workers (0: its default)")
+    parser.add_argument("--check", type=float, default=2.0,
+                        help="seconds between checks that the steady worker is visible and up")
     parser.add_argument("--csv", default="", help="also write the samples here")
     args = parser.parse_args()
 
     with RedisServer() as redis_server:
+        cap = ["--max-workers", str(args.max_workers)] if args.max_workers else []
         exporter = ExporterProcess(redis_server.url, "--worker-ttl", str(args.worker_ttl),
-                                   "--log-level", "warning")
+                                   "--log-level", "warning", *cap)
         exporter.start()
         metrics_url = exporter.url + "/metrics"
         traffic = Traffic(redis_server.url, args)
@@ -153,7 +170,9 @@ def main() -> int:
         eventually(lambda: metric(metrics_url, "celery_workers") >= 1, 30, message="first worker")
 
         rows = [("minute", "rss_mib", "series", "workers_tracked", "tasks_sent",
-                 "succeeded+failed", "invalid", "lost_total")]
+                 "succeeded+failed", "invalid", "lost_total", "forgotten_workers")]
+        steady_checks = steady_missing = 0
+        next_check = time.monotonic() + 10  # after the steady worker's second heartbeat
         start = time.monotonic()
         end = start + args.minutes * 60
         next_sample = start
@@ -166,6 +185,11 @@ def main() -> int:
                 owed += args.rate * tick
                 traffic.tasks(int(owed))
                 owed -= int(owed)
+                if now >= next_check:
+                    steady_checks += 1
+                    if metric(metrics_url, f'celery_worker_up{{worker="{STEADY}"}}') != 1:
+                        steady_missing += 1
+                    next_check += args.check
                 if now >= next_sample:
                     with urllib.request.urlopen(metrics_url, timeout=10) as response:
                         text = response.read().decode()
@@ -177,8 +201,11 @@ def main() -> int:
                     lost = next((float(line.split()[1]) for line in samples
                                  if line.startswith("celery_worker_lost_total ")), 0.0)
                     workers = sum(1 for line in samples if line.startswith("celery_worker_up{"))
+                    forgotten = next((float(line.split()[1]) for line in samples if line.startswith(
+                        'celery_stalk_label_forgotten_total{label="worker"}')), 0.0)
                     row = (round((now - start) / 60, 1), round(rss_kib(exporter.proc.pid) / 1024, 1),
-                           len(samples), workers, traffic.sent_tasks, int(done), int(invalid), int(lost))
+                           len(samples), workers, traffic.sent_tasks, int(done), int(invalid), int(lost),
+                           int(forgotten))
                     rows.append(row)
                     print(*row, sep="\t", flush=True)
                     next_sample += args.sample
@@ -201,6 +228,8 @@ def main() -> int:
         values = [r[column] for r in warm]
         print(f"{name} after warm-up: first {values[0]}, last {values[-1]}, min {min(values)}, "
               f"max {max(values)}")
+    print(f"steady worker visible and up in {steady_checks - steady_missing} of {steady_checks} "
+          f"checks (every {args.check:g} s)")
     print(f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}")
     return 0
 

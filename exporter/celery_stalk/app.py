@@ -13,11 +13,11 @@ from prometheus_client import CollectorRegistry
 
 from . import __version__
 from .brokers import QueueReader, reader_for
-from .collectors import Exporter, ModelCollector, QueueCollector
+from .collectors import Exporter, QueueCollector, model_collectors
 from .config import Config, redact
-from .events import EventConsumer
 from .http import build_app, serve
 from .model import Model
+from .sources import SourceState, event_source
 from .webconfig import BasicAuth, ServerTLS
 
 log = logging.getLogger("celery_stalk")
@@ -81,36 +81,25 @@ class QueueDiscovery:
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                self.model.learn_queues(self.reader.discover())
+                self.model.learn_queues(self.reader.discover(), time.time())
             except Exception as exc:  # the broker may be down: the scrape reports that
                 log.debug("queue discovery failed: %s: %s", type(exc).__name__, exc)
             self.stop.wait(self.interval)
-
-
-def event_source(config: Config, model: Model) -> EventConsumer:
-    """Redis gets the dedicated pub/sub reader; other brokers the kombu consumer."""
-    source = EventConsumer
-    if config.transport == "redis":
-        from .redis_events import RedisEventSource as source
-    return source(
-        model,
-        config.broker_url,
-        config.transport_options,
-        ssl=config.kombu_ssl,
-        stall_timeout=config.events_stall_timeout,
-    )
 
 
 def run(config: Config) -> int:
     setup_logging(config)
     model = Model(config.model, static_queues=config.queues, routes=config.task_routes)
     reader = reader_for(config)
-    consumer = event_source(config, model)
+    source_state = SourceState()
+    consumer = event_source(config, model, source_state)
     stopping = threading.Event()
     discovery = QueueDiscovery(reader, model, config.queue_discovery_interval, stopping)
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Exporter([ModelCollector(model), QueueCollector(model, reader)], __version__))
+    registry.register(Exporter(
+        [*model_collectors(model, source_state), QueueCollector(model, reader)], __version__
+    ))
 
     def ready() -> tuple[bool, str]:
         if stopping.is_set():

@@ -1,4 +1,4 @@
-"""Command line: flags and CELERY_STALK_* env vars in, a Config out. No logic here."""
+"""Command line: flags and CELERY_STALK_* env vars (declared in options.py) in, a Config out. No logic here."""
 
 from __future__ import annotations
 
@@ -7,71 +7,25 @@ import sys
 import click
 
 from . import __version__
-from .config import DEFAULT_PORT, ConfigError, Config
-
-ENV_PREFIX = "CELERY_STALK"
-
-# (flag, help, default, repeatable). Values stay strings: Config.parse checks
-# them all at once and names the fix for each bad one.
-SERVE_OPTIONS = [
-    ("broker-url", "Celery broker URL (redis://, rediss://, amqp://, amqps://).", None, False),
-    ("broker-url-file", "Read the broker URL from this file (keeps the password out of the "
-     "process list and the environment).", None, False),
-    ("listen-address", "host:port to serve /metrics on.", f"0.0.0.0:{DEFAULT_PORT}", False),
-    ("queue", "Queue always reported, even with no workers or events (repeatable, or "
-     "comma-separated).", None, True),
-    ("broker-transport-option", "key=value (JSON value) passed to kombu and honoured by the "
-     "queue reader: priority_steps, sep, global_keyprefix (repeatable).", None, True),
-    ("task-route", "task=queue: the queue label of tasks whose task-sent event was not seen; "
-     "task may be a glob with * as in Celery's task_routes (repeatable, or comma-separated).",
-     None, True),
-    ("broker-ssl-option", "key=value for TLS to the broker (rediss://, amqps://), used by the "
-     "event consumer and the queue reader: ca_certs, certfile, keyfile (PEM files), cert_reqs "
-     "(required, the default; optional; none) (repeatable).", None, True),
-    ("worker-timeout", "Seconds without a heartbeat before a worker is reported down "
-     "(at least 2.5 of the worker's heartbeat intervals).", "20", False),
-    ("worker-ttl", "Seconds after which a down worker's series are forgotten; fleet totals "
-     "are kept.", "900", False),
-    ("max-tracked-tasks", "Tasks in flight kept to join events on the task id.", "100000", False),
-    ("runtime-buckets", "Comma-separated histogram bounds (seconds) for "
-     "celery_task_runtime_seconds.", "", False),
-    ("wait-buckets", "Comma-separated histogram bounds (seconds) for "
-     "celery_task_queue_wait_seconds.", "", False),
-    ("max-task-names", "Distinct task names before new ones are reported as \"other\".", "1000", False),
-    ("max-queues", "Distinct queues before new ones are reported as \"other\".", "500", False),
-    ("max-exceptions", "Distinct exception types before new ones are reported as \"other\".",
-     "500", False),
-    ("max-workers", "Distinct workers tracked at once.", "2000", False),
-    ("events-stall-timeout", "Seconds without any event, while workers are up, after which the "
-     "event consumer takes its subscription for silently lost (half-open connection, broker "
-     "failover) and reconnects. Must be shorter than --worker-timeout; default: half of it, "
-     "at most 10.", None, False),
-    ("queue-read-timeout", "Seconds a queue depth read may take before the scrape reports "
-     "celery_stalk_broker_up 0.", "2", False),
-    ("queue-discovery-interval", "Seconds between scans for queues the broker knows "
-     "(Redis bindings).", "60", False),
-    ("web-config-file", "YAML file that turns on TLS and basic auth for the HTTP endpoints "
-     "(the Prometheus exporter-toolkit format: tls_server_config, basic_auth_users).", None, False),
-    ("log-level", "debug, info, warning or error.", "info", False),
-    ("log-format", "text or json.", "text", False),
-]
-
-
-def env_var(flag: str) -> str:
-    return f"{ENV_PREFIX}_{flag.upper().replace('-', '_')}"
+from .config import ConfigError, Config
+from .options import DEFAULT_PORT, OPTIONS
 
 
 def serve_options(command):
-    """The serve flags, each with its env var; shared with ``celery stalk``."""
-    for flag, help_text, default, repeatable in reversed(SERVE_OPTIONS):
+    """The serve flags (options.py), each with its env var; shared with ``celery stalk``.
+
+    Values stay strings: Config.parse checks them all at once and names the fix
+    for each bad one.
+    """
+    for option in reversed(OPTIONS):
         command = click.option(
-            f"--{flag}",
-            envvar=env_var(flag),
-            default=() if repeatable else default,
-            multiple=repeatable,
+            f"--{option.flag}",
+            envvar=option.env_var,
+            default=() if option.repeatable else option.default,
+            multiple=option.repeatable,
             show_envvar=True,
-            show_default=bool(default),
-            help=help_text,
+            show_default=bool(option.default),
+            help=option.help,
         )(command)
     return command
 
@@ -158,21 +112,12 @@ def hash_password():
     click.echo(bcrypt_hash(password))
 
 
-def flags_markdown() -> str:
-    """The README's flag table, generated from SERVE_OPTIONS."""
-    rows = ["| flag | env var | default | meaning |", "| --- | --- | --- | --- |"]
-    for flag, help_text, default, repeatable in SERVE_OPTIONS:
-        shown = f"`{default}`" if default else "—"
-        more = " Repeatable." if repeatable and "repeatable" not in help_text else ""
-        rows.append(f"| `--{flag}` | `{env_var(flag)}` | {shown} | {help_text}{more} |")
-    return "\n".join(rows)
-
-
 @main.command()
 @click.option("--flags", is_flag=True, help="Print the flag table instead.")
 def catalog(flags):
     """Print the metric catalog (or the flag table) as Markdown, as in the README."""
-    from .collectors import catalog_markdown
+    from .collectors.catalog import catalog_markdown
+    from .options import flags_markdown
 
     click.echo(flags_markdown() if flags else catalog_markdown())
 

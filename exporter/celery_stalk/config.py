@@ -1,28 +1,25 @@
 """Validated, frozen configuration, and the redaction of broker secrets.
 
-``Config.parse`` takes the raw strings the CLI (or env vars) gave and either
-returns a Config or raises ConfigError listing every problem at once, each as
-one line that names the fix.
+``Config.parse`` takes the raw strings the CLI (or env vars) gave for the
+flags declared in options.py and either returns a Config or raises
+ConfigError listing every problem at once, each as one line that names the fix.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from . import webconfig
+from . import options, webconfig
 from .model import ModelSettings
+from .options import BY_DEST, DEFAULT_PORT, OPTIONS
 
-DEFAULT_PORT = 9808
 DEFAULT_STALL_TIMEOUT = 10.0
 # filesystem: kombu's single-machine transport, used by celery-stalk demo
 SUPPORTED_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "filesystem")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("text", "json")
 REDACTED = "***"
 TLS_SCHEMES = ("rediss", "amqps")
 # --broker-ssl-option keys, named as in Celery's broker_use_ssl.
@@ -38,20 +35,30 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Config:
+    """Every serve flag, parsed: one field per option of options.py (its ``field``),
+    the model's options gathered in ``model``."""
+
     broker_url: str
-    listen_host: str = "0.0.0.0"
-    listen_port: int = DEFAULT_PORT
-    queues: tuple[str, ...] = ()
-    transport_options: dict = field(default_factory=dict)
-    task_routes: tuple[tuple[str, str], ...] = ()  # (task name or glob, queue)
-    broker_ssl: dict = field(default_factory=dict)  # --broker-ssl-option, checked
-    model: ModelSettings = field(default_factory=ModelSettings)
-    events_stall_timeout: float = 10.0
-    queue_read_timeout: float = 2.0
-    queue_discovery_interval: float = 60.0
-    web: webconfig.WebConfig = field(default_factory=webconfig.WebConfig)
-    log_level: str = "info"
-    log_format: str = "text"
+    listen_address: tuple[str, int]
+    queues: tuple[str, ...]
+    transport_options: dict
+    task_routes: tuple[tuple[str, str], ...]  # (task name or glob, queue)
+    broker_ssl: dict  # checked
+    model: ModelSettings
+    events_stall_timeout: float
+    queue_read_timeout: float
+    queue_discovery_interval: float
+    web: webconfig.WebConfig
+    log_level: str
+    log_format: str
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen_address[0]
+
+    @property
+    def listen_port(self) -> int:
+        return self.listen_address[1]
 
     @property
     def transport(self) -> str:
@@ -91,101 +98,36 @@ class Config:
         return url_secrets(self.broker_url)
 
     @classmethod
-    def parse(
-        cls,
-        # Keyword names are the CLI flags' (--broker-url -> broker_url).
-        *,
-        broker_url: str | None,
-        listen_address: str = f"0.0.0.0:{DEFAULT_PORT}",
-        queue: tuple[str, ...] = (),
-        broker_transport_option: tuple[str, ...] = (),
-        task_route: tuple[str, ...] = (),
-        broker_ssl_option: tuple[str, ...] = (),
-        worker_timeout: str = "20",
-        worker_ttl: str = "900",
-        max_tracked_tasks: str = "100000",
-        runtime_buckets: str | None = None,
-        wait_buckets: str | None = None,
-        max_task_names: str = "1000",
-        max_queues: str = "500",
-        max_exceptions: str = "500",
-        max_workers: str = "2000",
-        events_stall_timeout: str | None = None,
-        queue_read_timeout: str = "2",
-        queue_discovery_interval: str = "60",
-        web_config_file: str | None = None,
-        log_level: str = "info",
-        log_format: str = "text",
-    ) -> Config:
+    def parse(cls, **raw) -> Config:
+        """Raw flag values (keyword names are the flags': --broker-url -> broker_url;
+        strings, tuples of strings for repeatable flags) into a Config. A flag not
+        given takes its default. Raises ConfigError listing every problem at once."""
+        unknown = set(raw) - set(BY_DEST)
+        if unknown:
+            raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
         problems: list[str] = []
-        p = _Parser(problems)
-
-        if not broker_url:
-            problems.append(
-                "no broker: pass --broker-url redis://host:6379/0 (or amqp://...) "
-                "or set CELERY_STALK_BROKER_URL"
-            )
-        else:
-            for url in broker_url.split(";"):
-                scheme = urlsplit(url.strip()).scheme
-                if scheme not in SUPPORTED_SCHEMES:
-                    problems.append(
-                        f"--broker-url: scheme {scheme or '(none)'!r} is not supported: "
-                        f"use one of {', '.join(s + '://' for s in SUPPORTED_SCHEMES)}"
-                    )
-                    break
-
-        host, port = p.address(listen_address)
-        defaults = ModelSettings()
-        model = ModelSettings(
-            worker_timeout=p.positive("--worker-timeout", worker_timeout),
-            worker_ttl=p.positive("--worker-ttl", worker_ttl),
-            max_tracked_tasks=p.count("--max-tracked-tasks", max_tracked_tasks, minimum=2),
-            runtime_buckets=p.buckets("--runtime-buckets", runtime_buckets, defaults.runtime_buckets),
-            wait_buckets=p.buckets("--wait-buckets", wait_buckets, defaults.wait_buckets),
-            max_task_names=p.count("--max-task-names", max_task_names),
-            max_queues=p.count("--max-queues", max_queues),
-            max_exceptions=p.count("--max-exceptions", max_exceptions),
-            max_workers=p.count("--max-workers", max_workers),
-        )
-        if events_stall_timeout:
-            stall_timeout = p.positive("--events-stall-timeout", events_stall_timeout)
-        else:  # well before a silent fleet would be reported lost
-            stall_timeout = min(DEFAULT_STALL_TIMEOUT, model.worker_timeout / 2)
-        worker_timeout_ok = not any(x.startswith("--worker-timeout") for x in problems)
-        if stall_timeout >= model.worker_timeout and worker_timeout_ok:
-            problems.append(
-                f"--events-stall-timeout: {events_stall_timeout} must be shorter than --worker-timeout "
-                f"({model.worker_timeout:g}), or a lost subscription would report every worker lost first"
-            )
-        broker_ssl = p.broker_ssl(broker_ssl_option)
-        if broker_ssl and broker_url and urlsplit(broker_url.strip()).scheme not in TLS_SCHEMES:
-            problems.append(
-                "--broker-ssl-option: the broker URL is not a TLS one: use rediss:// or amqps://"
-            )
-        config = cls(
-            broker_url=(broker_url or "").strip(),
-            listen_host=host,
-            listen_port=port,
-            queues=p.queues(queue),
-            transport_options=p.transport_options(broker_transport_option),
-            task_routes=p.routes(task_route),
-            broker_ssl=broker_ssl,
-            model=model,
-            events_stall_timeout=stall_timeout,
-            queue_read_timeout=p.positive("--queue-read-timeout", queue_read_timeout),
-            queue_discovery_interval=p.positive("--queue-discovery-interval", queue_discovery_interval),
-            web=p.web_config(web_config_file),
-            log_level=p.choice("--log-level", log_level.lower(), LOG_LEVELS),
-            log_format=p.choice("--log-format", log_format.lower(), LOG_FORMATS),
-        )
+        parser = Parser(problems)
+        values = {}
+        for option in OPTIONS:
+            given = raw.get(option.dest)
+            if given is None or given == "":
+                given = () if option.repeatable else option.default
+            values[option.field] = getattr(parser, option.kind)(option, given)
+        values.pop("broker_url_file")  # read by the CLI into broker_url
+        model = ModelSettings(**{o.field: values.pop(o.field) for o in OPTIONS if o.model})
+        parser.cross_checks(values, model)
         if problems:
             raise ConfigError(problems)
-        return config
+        return cls(model=model, **values)
 
 
-class _Parser:
-    """Parses one flag at a time, collecting problems instead of stopping at the first."""
+class Parser:
+    """Parses one flag at a time, collecting problems instead of stopping at the first.
+
+    One method per option kind (options.Option.kind); each takes the option and
+    its raw value (None when not given and without a default) and returns the
+    parsed value, or a harmless stand-in after noting the problem.
+    """
 
     def __init__(self, problems: list[str]):
         self.problems = problems
@@ -193,33 +135,53 @@ class _Parser:
     def _fail(self, message: str):
         self.problems.append(message)
 
-    def positive(self, flag: str, raw: str) -> float:
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            value = math.nan
-        if not (value > 0 and math.isfinite(value)):
-            self._fail(f"{flag}: {raw!r} is not a positive number of seconds, e.g. {flag} 30")
-            return 1.0
-        return value
+    def broker_url(self, option, raw: str | None) -> str:
+        if not raw:
+            self._fail(
+                "no broker: pass --broker-url redis://host:6379/0 (or amqp://...) "
+                "or set CELERY_STALK_BROKER_URL"
+            )
+            return ""
+        for url in raw.split(";"):
+            scheme = urlsplit(url.strip()).scheme
+            if scheme not in SUPPORTED_SCHEMES:
+                self._fail(
+                    f"--broker-url: scheme {scheme or '(none)'!r} is not supported: "
+                    f"use one of {', '.join(s + '://' for s in SUPPORTED_SCHEMES)}"
+                )
+                break
+        return raw.strip()
 
-    def count(self, flag: str, raw: str, minimum: int = 1) -> int:
-        try:
-            value = int(raw)
-        except (TypeError, ValueError):
-            value = minimum - 1
-        if value < minimum:
-            self._fail(f"{flag}: {raw!r} is not a whole number >= {minimum}, e.g. {flag} 1000")
-            return minimum
-        return value
-
-    def choice(self, flag: str, raw: str, choices: tuple[str, ...]) -> str:
-        if raw not in choices:
-            self._fail(f"{flag}: {raw!r} is not one of {', '.join(choices)}")
-            return choices[0]
+    def file(self, option, raw: str | None) -> str | None:
         return raw
 
-    def address(self, raw: str) -> tuple[str, int]:
+    def seconds(self, option, raw: str | None) -> float | None:
+        if raw is None:
+            return None
+        try:
+            return options.seconds(raw)
+        except (TypeError, ValueError):
+            flag = f"--{option.flag}"
+            self._fail(f"{flag}: {raw!r} is not a positive number of seconds, e.g. {flag} 30")
+            return 1.0
+
+    def count(self, option, raw: str) -> int:
+        minimum = option.arg or 1
+        try:
+            return options.count(raw, minimum)
+        except (TypeError, ValueError):
+            flag = f"--{option.flag}"
+            self._fail(f"{flag}: {raw!r} is not a whole number >= {minimum}, e.g. {flag} 1000")
+            return minimum
+
+    def choice(self, option, raw: str) -> str:
+        value = raw.lower()
+        if value not in option.arg:
+            self._fail(f"--{option.flag}: {raw!r} is not one of {', '.join(option.arg)}")
+            return option.arg[0]
+        return value
+
+    def address(self, option, raw: str) -> tuple[str, int]:
         fix = "use host:port, e.g. --listen-address 0.0.0.0:9808 or [::]:9808"
         host, sep, port_text = (raw or "").rpartition(":")
         if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
@@ -228,28 +190,19 @@ class _Parser:
         host = host.strip("[]") or "0.0.0.0"
         return host, int(port_text)
 
-    def buckets(self, flag: str, raw: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
-        if raw is None or raw == "":
-            return default
+    def buckets(self, option, raw: str) -> tuple[float, ...]:
         try:
-            values = tuple(float(part) for part in raw.split(",") if part.strip())
+            return options.buckets(raw)
         except ValueError:
-            values = ()
-        ok = (
-            values
-            and all(v > 0 and math.isfinite(v) for v in values)
-            and all(a < b for a, b in zip(values, values[1:]))
-        )
-        if not ok:
+            flag = f"--{option.flag}"
             self._fail(
                 f"{flag}: {raw!r} must be comma-separated increasing positive seconds, "
                 f"e.g. {flag} 0.1,1,10,60,600,3600"
             )
-            return default
-        return values
+            return options.buckets(option.default)
 
-    def queues(self, raw: tuple[str, ...]) -> tuple[str, ...]:
-        names = []
+    def names(self, option, raw: tuple[str, ...]) -> tuple[str, ...]:
+        names: list[str] = []
         for item in raw:
             for name in item.split(","):
                 name = name.strip()
@@ -257,7 +210,7 @@ class _Parser:
                     names.append(name)
         return tuple(names)
 
-    def routes(self, raw: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    def routes(self, option, raw: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
         routes = []
         for item in raw:
             for route in item.split(","):
@@ -271,8 +224,8 @@ class _Parser:
                 routes.append((pattern, queue))
         return tuple(routes)
 
-    def transport_options(self, raw: tuple[str, ...]) -> dict:
-        options = {}
+    def transport_options(self, option, raw: tuple[str, ...]) -> dict:
+        parsed = {}
         for item in raw:
             key, sep, value = item.partition("=")
             key = key.strip()
@@ -283,14 +236,13 @@ class _Parser:
                 )
                 continue
             try:
-                options[key] = json.loads(value)
+                parsed[key] = json.loads(value)
             except ValueError:
-                options[key] = value  # a bare string such as sep=: needs no quotes
-        return options
+                parsed[key] = value  # a bare string such as sep=: needs no quotes
+        return parsed
 
-
-    def broker_ssl(self, raw: tuple[str, ...]) -> dict:
-        options = {}
+    def broker_ssl(self, option, raw: tuple[str, ...]) -> dict:
+        parsed = {}
         for item in raw:
             key, sep, value = (part.strip() for part in item.partition("="))
             if not sep or not value or key not in BROKER_SSL_FILES + ("cert_reqs",):
@@ -302,14 +254,14 @@ class _Parser:
                 value = value.lower().removeprefix("cert_")
                 if value not in CERT_REQS:
                     self._fail(f"--broker-ssl-option: cert_reqs={value!r} is not one of {', '.join(CERT_REQS)}")
-                options[key] = value
+                parsed[key] = value
             elif not os.access(value, os.R_OK):
                 self._fail(f"--broker-ssl-option: {key}={value!r} is not a readable file: check the path")
             else:
-                options[key] = value
-        return options
+                parsed[key] = value
+        return parsed
 
-    def web_config(self, path: str | None) -> webconfig.WebConfig:
+    def web_config(self, option, path: str | None) -> webconfig.WebConfig:
         if not path:
             return webconfig.WebConfig()
         try:
@@ -317,6 +269,23 @@ class _Parser:
         except webconfig.WebConfigError as exc:
             self.problems.extend(exc.problems)
             return webconfig.WebConfig()
+
+    def cross_checks(self, values: dict, model: ModelSettings) -> None:
+        """What no single flag can tell: flags that must agree with each other."""
+        given_stall = values["events_stall_timeout"]
+        if given_stall is None:  # well before a silent fleet would be reported lost
+            values["events_stall_timeout"] = min(DEFAULT_STALL_TIMEOUT, model.worker_timeout / 2)
+        worker_timeout_ok = not any(p.startswith("--worker-timeout") for p in self.problems)
+        if values["events_stall_timeout"] >= model.worker_timeout and worker_timeout_ok:
+            self._fail(
+                f"--events-stall-timeout: {given_stall:g} must be shorter than --worker-timeout "
+                f"({model.worker_timeout:g}), or a lost subscription would report every worker lost first"
+            )
+        url = values["broker_url"]
+        if values["broker_ssl"] and url and urlsplit(url).scheme not in TLS_SCHEMES:
+            self._fail(
+                "--broker-ssl-option: the broker URL is not a TLS one: use rediss:// or amqps://"
+            )
 
 
 def _split_netloc_password(netloc: str) -> str | None:

@@ -4,8 +4,8 @@ prometheus_client renders every sample through a Sample object and formats its
 labels one by one, several microseconds a line. 500 task names on 10 queues
 make over 200,000 lines of task counters and histograms, so those families
 (SeriesCounter, SeriesHistogram) render themselves: a template of the family's
-lines, labels escaped once, is kept between scrapes and filled in with one
-%-format per scrape. The lines are byte for byte prometheus_client's
+lines, labels escaped once, is kept between scrapes by the Renderer and filled
+in with one %-format per scrape. The lines are byte for byte prometheus_client's
 (tests/unit/test_exposition.py checks both formats); every other family still
 goes through prometheus_client's encoders, and both kinds remain ordinary
 prometheus_client families for any registry or encoder that asks for samples.
@@ -51,24 +51,23 @@ class _Series(_LazySamples):
     """Renders its own sample lines with one %-format of a template for the whole family.
 
     The template (the family's lines with a slot per value, labels already
-    escaped) is kept in ``cache`` from one scrape to the next and rebuilt only
+    escaped) is kept in the renderer's cache from one scrape to the next and rebuilt only
     when a series appears or disappears, or a series' values grow past what the
     fast slots print right (from 1,000,000 on, prometheus_client prints Go's
     exponent form). Series come in prometheus_client's order: sorted by labels.
     """
 
-    def __init__(self, series: dict, cache: dict | None):
+    def __init__(self, series: dict):
         self.series = series
-        self.cache = cache if cache is not None else {}
 
     def _add_all(self) -> None:
         for labels, value in sorted(self.series.items()):
             self._add(labels, value)
 
-    def sample_chunks(self) -> list[bytes]:
+    def sample_chunks(self, cache: dict) -> list[bytes]:
         if not self.series:
             return []
-        keys, order, big, template = self.cache.get(self.name, (None, None, None, None))
+        keys, order, big, template = cache.get(self.name, (None, None, None, None))
         if self.series.keys() != keys:
             keys, order, template = set(self.series), sorted(self.series), None
         values, now_big = self._values(order, big or frozenset())
@@ -77,17 +76,16 @@ class _Series(_LazySamples):
             values, _ = self._values(order, big)
         if template is None:
             template = b"".join([self._template(labels, labels in big) for labels in order])
-        self.cache[self.name] = (keys, order, big, template)  # replaced whole: thread safe
+        cache[self.name] = (keys, order, big, template)  # replaced whole: thread safe
         return [template % values]
 
 
 class SeriesCounter(_Series, CounterMetricFamily):
     """A counter family over a dict {label values: count (an int)}."""
 
-    def __init__(self, name: str, documentation: str, labels: tuple[str, ...], values: dict,
-                 cache: dict | None = None):
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...], values: dict):
         CounterMetricFamily.__init__(self, name, documentation, labels=labels)
-        _Series.__init__(self, values, cache)
+        _Series.__init__(self, values)
 
     def _add(self, labels, value) -> None:
         CounterMetricFamily.add_metric(self, list(labels), value)
@@ -108,9 +106,9 @@ class SeriesHistogram(_Series, HistogramMetricFamily):
     """A histogram family over a dict {label values: model.Histogram} with shared bounds."""
 
     def __init__(self, name: str, documentation: str, labels: tuple[str, ...], hists: dict,
-                 bounds: tuple[float, ...], cache: dict | None = None):
+                 bounds: tuple[float, ...]):
         HistogramMetricFamily.__init__(self, name, documentation, labels=labels)
-        _Series.__init__(self, hists, cache)
+        _Series.__init__(self, hists)
         self.les = tuple(floatToGoString(b) for b in bounds) + ("+Inf",)
 
     def _add(self, labels, hist) -> None:
@@ -203,24 +201,36 @@ def _header(encoder, content_type: str, family: Metric) -> bytes:
     return header
 
 
+class Renderer:
+    """Renders expositions; keeps the series templates from one scrape to the next."""
+
+    def __init__(self) -> None:
+        self.templates: dict = {}
+
+    def render(self, registry, encoder, content_type: str):
+        """The exposition of ``registry`` in the format of ``encoder`` (from
+        choose_encoder), one bytes object per family."""
+        openmetrics = content_type.startswith(OPENMETRICS)
+        for family in registry.collect():
+            chunks = getattr(family, "sample_chunks", None)
+            if chunks is None:
+                yield _encode(encoder, openmetrics, family)
+            else:  # the header from prometheus_client, the lines from the family
+                yield _header(encoder, content_type, family)
+                yield from chunks(self.templates)
+        if openmetrics:
+            yield EOF
+
+
 def render(registry, encoder, content_type: str):
-    """The exposition of ``registry`` in the format of ``encoder`` (from choose_encoder),
-    one bytes object per family."""
-    openmetrics = content_type.startswith(OPENMETRICS)
-    for family in registry.collect():
-        chunks = getattr(family, "sample_chunks", None)
-        if chunks is None:
-            yield _encode(encoder, openmetrics, family)
-        else:  # the header from prometheus_client, the lines from the family
-            yield _header(encoder, content_type, family)
-            yield from chunks()
-    if openmetrics:
-        yield EOF
+    """One exposition of ``registry``, with no templates kept (see Renderer)."""
+    return Renderer().render(registry, encoder, content_type)
 
 
 def make_metrics_app(registry):
     """A WSGI app for /metrics: negotiated format and compression, fast rendering."""
     fallback = make_wsgi_app(registry)  # OPTIONS, other methods and name[] filters
+    renderer = Renderer()
 
     def app(environ, start_response):
         if environ.get("REQUEST_METHOD") != "GET" or "name[]" in parse_qs(
@@ -228,7 +238,7 @@ def make_metrics_app(registry):
         ):
             return fallback(environ, start_response)
         encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT"))
-        parts = render(registry, encoder, content_type)
+        parts = renderer.render(registry, encoder, content_type)
         headers = [("Content-Type", content_type)]
         if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING")):
             # Compressed family by family: the whole text is never held at once.

@@ -97,10 +97,12 @@ class Alertmanager(_Process):
 class Prometheus(_Process):
     binary = "prometheus"
 
-    def __init__(self, rules: str, static_configs: list[dict], alertmanager: str,
-                 interval: str = "1s"):
-        """``static_configs``: the job's target groups, {"targets": [...], "labels": {...}}."""
+    def __init__(self, rules: str, targets: list[str] | None = None, alertmanager: str = "",
+                 interval: str = "1s", static_configs: list[dict] | None = None):
+        """``targets`` of the job, or its target groups as ``static_configs``
+        ({"targets": [...], "labels": {...}}, to give targets labels of their own)."""
         super().__init__("prometheus")
+        static_configs = static_configs or [{"targets": targets}]
         (self.dir / "rules.yml").write_text(rules)
         config = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},

@@ -54,6 +54,11 @@ def raw_messages():
                                    "application/x-yaml"])),
         st.just(("kombu", json.dumps({"type": "task-from-the-future", "uuid": "u"}).encode(),
                  "application/json", {"other": 1})),
+        # nested thousands deep: a few KB that would exhaust a recursive decoder
+        st.builds(lambda depth: ("kombu", b"[" * depth + b"]" * depth, "application/json",
+                                 {"too_deep": 1}), st.integers(1100, 5000)),
+        st.builds(lambda depth: ("raw", b"[" * depth + b"]" * depth, None, {"bad_envelope": 1}),
+                  st.integers(1100, 5000)),
         # not a kombu envelope at all, published straight to the pub/sub channel
         st.builds(lambda b: ("raw", b"\x00" + b, None, {"bad_envelope": 1}), st.binary(max_size=32)),
         st.sampled_from([
@@ -138,3 +143,22 @@ def test_malformed_messages_on_the_wire_are_counted_and_skipped(stack, messages)
     assert after.get("celery_stalk_broker_reconnects_total") == 0
     assert after.get("celery_stalk_events_connected") == 1
     assert exporter.proc.poll() is None
+
+
+def test_deeply_nested_json_between_good_events_loses_none_of_them(stack):
+    """A flood of 2,000-deep messages (4 KB each) among good events: each is counted as
+    too_deep (or bad_envelope, when not even the envelope decodes), none costs a good event,
+    a reconnect or a traceback."""
+    publish, settle, exporter = stack
+    before = totals(settle())
+    nested = b"[" * 2000 + b"]" * 2000
+    for i in range(200):
+        publish("kombu", json.dumps(good_event()).encode(), "application/json")
+        if i % 10 == 0:
+            publish("kombu", nested, "application/json")
+            publish("raw", nested, None)
+    after = settle()
+    delta = totals(after) - before
+    assert delta == Counter({"task-received": 200, "too_deep": 20, "bad_envelope": 20})
+    assert after.get("celery_stalk_broker_reconnects_total") == 0
+    assert "Traceback" not in exporter.output()

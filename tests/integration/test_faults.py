@@ -106,7 +106,9 @@ def outage_and_recovery(server, url, fleet, heartbeat_wait=30):
             and m.get("celery_stalk_events_connected") == 0 and not exporter.ready() and m,
             30, message="outage reported")
         assert down.get("celery_stalk_collector_success", collector="queues") == 0
-        time.sleep(8)  # several reconnect attempts while the broker is away
+        # several reconnect attempts while the broker is away
+        eventually(lambda: len(reconnect_delays(exporter.output())) >= 3, 30,
+                   message="three reconnect attempts")
         during = exporter.scrape()
         # the fleet is not declared dead because the exporter cannot hear it
         assert during.get("celery_worker_up", worker=worker.nodename) == 1

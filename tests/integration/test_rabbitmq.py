@@ -79,3 +79,30 @@ def test_event_queue_expires_after_the_exporter_leaves(rabbitmq_server, fleet):
     # auto-delete removes it as soon as its consumer is gone
     eventually(lambda: "celeryev.celery-stalk." not in rabbitmq_server.ctl("list_queues", "name"),
                15, message="event queue removed")
+
+
+def test_deeply_nested_json_on_rabbitmq_is_counted_not_a_traceback(rabbitmq_server, fleet):
+    from kombu import Connection, Exchange
+
+    exporter = fleet(ExporterProcess(rabbitmq_server.url))
+    exchange = Exchange("celeryev", type="fanout")
+    nested = b"[" * 2000 + b"]" * 2000
+    with Connection(rabbitmq_server.url) as connection:
+        producer = connection.Producer()
+
+        def publish(body: bytes) -> None:
+            producer.publish(body, exchange=exchange, routing_key="task.multi",
+                             content_type="application/json", content_encoding="binary",
+                             serializer=None, declare=[exchange])
+
+        for i in range(50):
+            publish(b'{"type": "task-received", "uuid": "n%d", "name": "app.good", '
+                    b'"hostname": "w@h", "timestamp": 1.0}' % i)
+            if i % 10 == 0:
+                publish(nested)
+    m = eventually(lambda: (m := exporter.scrape()).get("celery_task_received_total",
+                                                      task="app.good", queue="unknown") == 50 and m,
+                   20, message="the good events counted")
+    assert m.get("celery_stalk_events_invalid_total", reason="too_deep") == 5
+    assert m.get("celery_stalk_broker_reconnects_total") == 0
+    assert "Traceback" not in exporter.output()

@@ -1,4 +1,4 @@
-"""The Redis event source (redis_events.py) against a real redis-server: events published
+"""The Redis event reader (sources/redis.py) against a real redis-server: events published
 by Celery's own EventDispatcher through kombu, in every shape workers use, plus garbage,
 plus Redis dropping the subscriber for falling behind."""
 
@@ -12,7 +12,7 @@ import time
 import pytest
 from celery.events import Event
 
-from celery_stalk.redis_events import subscribe_pattern
+from celery_stalk.sources.redis import subscribe_pattern
 from tests.brokers import RedisServer
 from tests.celery_app import make_app
 from tests.harness import ExporterProcess, eventually

@@ -15,9 +15,10 @@ from prometheus_client.exposition import choose_encoder
 
 from celery_stalk import __version__, exposition
 from celery_stalk.brokers import QueueDepth
-from celery_stalk.collectors import CATALOG, Exporter, ModelCollector, QueueCollector
+from celery_stalk.collectors import CATALOG, Exporter, QueueCollector, model_collectors
 from celery_stalk.exposition import SeriesCounter, SeriesHistogram
 from celery_stalk.model import HistogramView, Model, ModelSettings
+from celery_stalk.sources import SourceState
 from tests import events as ev
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "metrics.prom"
@@ -48,15 +49,17 @@ class BrokenReader(FixedDepths):
 
 def render(model: Model, reader, now: float = 2000.0) -> str:
     registry = CollectorRegistry(auto_describe=False)
-    exporter = Exporter([ModelCollector(model, clock=lambda: now), QueueCollector(model, reader)],
-                        __version__, clock=lambda: 0.0)
+    source = SourceState()
+    source.connected()
+    exporter = Exporter([*model_collectors(model, source, clock=lambda: now),
+                         QueueCollector(model, reader)], __version__, clock=lambda: 0.0)
     registry.register(exporter)
     return generate_latest(registry).decode()
 
 
 def busy_model() -> Model:
-    model = Model(ModelSettings(worker_timeout=10), static_queues=("critical",))
-    model.consumer_connected(1000.0)
+    model = Model(ModelSettings(worker_timeout=10, worker_ttl=3600), static_queues=("critical",))
+    model.link_up(1000.0)
     events = [
         ev.online("w1@host-a"),
         ev.heartbeat("w2@host-b", active=2),
@@ -95,7 +98,8 @@ def test_broker_failure_is_a_metric_not_an_error():
     text = render(busy_model(), BrokenReader({}))
     assert "celery_stalk_broker_up 0.0" in text
     assert 'celery_stalk_collector_success{collector="queues"} 0.0' in text
-    assert 'celery_stalk_collector_success{collector="events"} 1.0' in text
+    for part in ("tasks", "workers", "exporter"):  # the other collectors are unaffected
+        assert f'celery_stalk_collector_success{{collector="{part}"}} 1.0' in text
     assert "celery_queue_messages" not in text
     assert "Connection refused" not in text  # errors go to the log, never into a label
 
@@ -113,7 +117,7 @@ def test_every_exposed_metric_is_in_the_catalog_and_vice_versa():
 
 
 def test_readme_metric_catalog_is_generated_from_the_code():
-    from celery_stalk.collectors import catalog_markdown
+    from celery_stalk.collectors.catalog import catalog_markdown
 
     readme = README.read_text()
     begin, end = "<!-- metric-catalog:begin -->", "<!-- metric-catalog:end -->"
@@ -128,7 +132,7 @@ def test_exception_messages_never_reach_the_exposition(secret):
 
 
 def test_readme_flag_table_is_generated_from_the_code():
-    from celery_stalk.cli import flags_markdown
+    from celery_stalk.options import flags_markdown
 
     readme = README.read_text()
     table = readme.split("<!-- flags:begin -->", 1)[1].split("<!-- flags:end -->", 1)[0].strip()
@@ -157,8 +161,9 @@ def registry_of(*families):
     return registry
 
 
-def fast(registry, encoder, content_type) -> bytes:
-    return b"".join(exposition.render(registry, encoder, content_type))
+def fast(registry, encoder, content_type, renderer=None) -> bytes:
+    renderer = renderer or exposition.Renderer()
+    return b"".join(renderer.render(registry, encoder, content_type))
 
 
 def odd_model() -> Model:
@@ -173,39 +178,39 @@ def odd_model() -> Model:
 def test_fast_rendering_is_byte_for_byte_prometheus_clients(encoder, content_type):
     model = odd_model()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Exporter([ModelCollector(model, clock=lambda: 2000.0),
+    registry.register(Exporter([*model_collectors(model, SourceState(), clock=lambda: 2000.0),
                                 QueueCollector(model, FixedDepths({}))], __version__,
                                clock=lambda: 0.0))
+    renderer = exposition.Renderer()
     expected = encoder(registry)
-    assert fast(registry, encoder, content_type) == expected
+    assert fast(registry, encoder, content_type, renderer) == expected
     # again, from the templates kept since the first scrape, after the values changed
     model.apply_many(ev.lifecycle("again", "app.add", "work", runtime=7.0), 1000.0)
     model.apply_many(ev.lifecycle("fresh", "app.new", "new-queue"), 1000.0)
-    assert fast(registry, encoder, content_type) == encoder(registry)
-    assert b"app.new" in fast(registry, encoder, content_type)
+    assert fast(registry, encoder, content_type, renderer) == encoder(registry)
+    assert b"app.new" in fast(registry, encoder, content_type, renderer)
 
 
 @pytest.mark.parametrize("encoder,content_type", encoders())
 def test_values_past_a_million_print_as_prometheus_client_prints_them(encoder, content_type):
-    cache: dict = {}
+    renderer = exposition.Renderer()  # its templates are kept from one scrape to the next
     counts = {("t", "q"): 999_999, ("u", "q"): 0, ('o"dd', "q%"): 5}
 
     def families():
         hist = HistogramView([0] * 16 + [counts[("t", "q")]], counts[("t", "q")] * 0.25)
         nan = HistogramView([1] + [0] * 16, float("nan"))
         return (
-            SeriesCounter("celery_task_sent", "Tasks sent.", ("task", "queue"), dict(counts), cache),
+            SeriesCounter("celery_task_sent", "Tasks sent.", ("task", "queue"), dict(counts)),
             SeriesHistogram("celery_task_runtime_seconds", "Run time.", ("task", "queue"),
-                            {("t", "q"): hist, ("n", "q"): nan}, ModelSettings().runtime_buckets,
-                            cache),
+                            {("t", "q"): hist, ("n", "q"): nan}, ModelSettings().runtime_buckets),
         )
 
     for value in (999_999, 1_000_000, 123_456_789, 12_345_678_901, 10):
         counts[("t", "q")] = value  # crosses the fast slots' limit both ways, between scrapes
         registry = registry_of(*families())
-        assert fast(registry, encoder, content_type) == encoder(registry), value
+        assert fast(registry, encoder, content_type, renderer) == encoder(registry), value
     counts[("t", "q")] = 123_456_789
-    assert b"1.23456789e+08" in fast(registry_of(*families()), encoder, content_type)
+    assert b"1.23456789e+08" in fast(registry_of(*families()), encoder, content_type, renderer)
 
 
 def wsgi_get(app, **headers):
@@ -223,7 +228,7 @@ def wsgi_get(app, **headers):
 def test_metrics_app_negotiates_format_and_gzip_like_prometheus_client():
     model = odd_model()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Exporter([ModelCollector(model, clock=lambda: 2000.0)], __version__,
+    registry.register(Exporter([*model_collectors(model, SourceState(), clock=lambda: 2000.0)], __version__,
                                clock=lambda: 0.0))
     app = exposition.make_metrics_app(registry)
 

@@ -235,7 +235,7 @@ def test_static_queues_are_known_before_any_event():
 
 def connected_model(now=1000.0, **settings) -> Model:
     model = Model(ModelSettings(**settings))
-    model.consumer_connected(now)
+    model.link_up(now)
     return model
 
 
@@ -296,26 +296,63 @@ def test_down_workers_are_forgotten_after_ttl_but_lost_total_is_kept():
 def test_broker_outage_does_not_declare_the_fleet_lost():
     model = connected_model(worker_timeout=10)
     model.apply(ev.online("a@x"), 1000.0)
-    model.consumer_disconnected()
+    model.link_down()
     for t in range(1000, 1100):
         model.tick(float(t))
     assert model.snapshot(1100.0).workers["a@x"].up  # unknown: last verdict kept
-    model.consumer_connected(1100.0)
+    model.link_up(1100.0)
     model.tick(1105.0)
     snap = model.snapshot(1105.0)
     assert snap.workers["a@x"].up and snap.workers_lost == 0  # grace after reconnect
-    assert snap.reconnects == 1
     model.tick(1111.0)
     assert model.snapshot(1111.0).workers_lost == 1  # still silent: now it is lost
 
 
-def test_worker_cap_bounds_tracked_workers():
-    model = connected_model(max_workers=2)
-    for i in range(5):
-        model.apply(ev.heartbeat(f"w{i}@h"), 1000.0)
-    snap = model.snapshot(1000.0)
-    assert sorted(snap.workers) == ["w0@h", "w1@h"]
-    assert snap.overflow["worker"] == 3
+def test_worker_cap_takes_every_new_worker_forgetting_down_ones_first():
+    model = connected_model(max_workers=3)
+    model.apply(ev.online("steady@h"), 999.0)
+    model.apply(ev.heartbeat("steady@h"), 1000.0)
+    model.apply(ev.offline("gone@h"), 1000.0)
+    model.apply(ev.heartbeat("w0@h"), 1001.0)
+    model.apply(ev.heartbeat("w1@h"), 1002.0)  # full: the worker that shut down goes first
+    snap = model.snapshot(1002.0)
+    assert sorted(snap.workers) == ["steady@h", "w0@h", "w1@h"]
+    assert snap.forgotten["worker"] == 1
+    model.apply(ev.heartbeat("w2@h"), 1003.0)  # then one heard from only once, longest ago
+    assert sorted(model.snapshot(1003.0).workers) == ["steady@h", "w1@h", "w2@h"]
+    for name in ("w1@h", "w2@h", "steady@h"):
+        model.apply(ev.heartbeat(name), 1004.0)
+    model.apply(ev.heartbeat("w3@h"), 1005.0)  # all heard twice: the least recently heard
+    assert sorted(model.snapshot(1005.0).workers) == ["steady@h", "w2@h", "w3@h"]
+
+
+def flood(model: Model, seconds: int, names_per_second: int, start: float = 1000.0) -> list[bool]:
+    """Made-up hostnames, each heard once, while one real worker heartbeats every 2 s;
+    whether the real worker was visible and up after each step."""
+    visible = []
+    steps = seconds * names_per_second
+    for i in range(steps):
+        now = start + i / names_per_second
+        if i % (2 * names_per_second) == 0:
+            model.apply(ev.heartbeat("real@h"), now)
+        model.apply(ev.heartbeat(f"fake-{i}@h"), now)
+        if i % names_per_second == 0:
+            model.tick(now)
+        view = model.snapshot(now).workers.get("real@h") if i > 2 * names_per_second else True
+        visible.append(bool(view and (view is True or view.up)))
+    return visible
+
+
+def test_a_live_worker_stays_visible_through_a_flood_of_new_hostnames():
+    # 80 new names a second against a cap of 100: each 2 s heartbeat interval brings 160,
+    # more than the cap, so heard-least-recently alone would push the real worker out
+    model = connected_model(max_workers=100, worker_timeout=10)
+    assert all(flood(model, 30, 80))
+    snap = model.snapshot(1030.0)
+    assert len(snap.workers) == 100
+    # every made-up name, and the real worker once: pushed out before its second heartbeat,
+    # it has been kept as one heard twice since
+    assert snap.forgotten["worker"] == 30 * 80 + 2 - 100
 
 
 def test_worker_full_nodename_is_kept():
@@ -373,3 +410,31 @@ def test_sent_event_without_queue_uses_the_fallback_rule():
     snap = replay(Model(), events)
     assert snap.counters["task-sent"] == {("app.report", "reports"): 2}
     assert snap.counters["task-received"] == {("app.report", "reports"): 2}
+
+
+def test_a_full_cap_forgets_the_longest_idle_name_after_label_ttl_and_drops_its_series():
+    model = Model(ModelSettings(max_task_names=3, label_ttl=100))  # "unknown" takes one slot
+    model.apply_many(ev.lifecycle("t1", "old.task", "q", t0=0.0), 0.0)
+    model.apply_many(ev.lifecycle("t2", "busy.task", "q", t0=0.0), 0.0)
+    model.apply_many(ev.lifecycle("t3", "busy.task", "q", t0=60.0), 60.0)
+    model.apply_many(ev.lifecycle("t4", "new.task", "q", t0=50.0), 50.0)
+    snap = model.snapshot(50.0)
+    assert ("other", "q") in snap.counters["task-sent"]  # full, and nothing idle long enough
+    assert snap.overflow["task"] == 1 and snap.forgotten["task"] == 0
+    model.apply_many(ev.lifecycle("t5", "new.task", "q", t0=150.0), 150.0)
+    snap = model.snapshot(150.0)
+    # old.task was idle for 150 s: forgotten with its series; busy.task (idle 90 s) kept
+    assert snap.forgotten["task"] == 1
+    assert ("new.task", "q") in snap.counters["task-sent"]
+    assert not any(name == "old.task" for name, _ in snap.counters["task-sent"])
+    assert not any(key[0] == "old.task" for key in snap.runtime)
+    assert ("busy.task", "q") in snap.counters["task-sent"]
+
+
+def test_static_queues_and_unknown_are_never_forgotten():
+    model = Model(ModelSettings(max_queues=3, label_ttl=10), static_queues=("critical",))
+    model.apply(ev.sent("t1", "a", "q1"), 0.0)
+    model.apply(ev.sent("t2", "a", "q2"), 100.0)  # q1 idle for 100 s makes room
+    assert model.known_queues() == ["critical", "q2"]
+    model.apply(ev.sent("t3", "a", "q3"), 200.0)
+    assert model.known_queues() == ["critical", "q3"]

@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_stalk import __version__
-from celery_stalk.collectors import Exporter, ModelCollector
+from celery_stalk.collectors import Exporter, model_collectors
+from celery_stalk.sources import SourceState
 from celery_stalk.model import (
     BAD_VALUE,
     MAX_DURATION,
@@ -124,7 +125,7 @@ def bad_events():
 
 def connected(**kwargs) -> Model:
     model = Model(ModelSettings(**kwargs))
-    model.consumer_connected(1000.0)
+    model.link_up(1000.0)
     return model
 
 
@@ -144,7 +145,8 @@ def counted(snap) -> dict:
 
 def render(model: Model) -> str:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Exporter([ModelCollector(model, clock=lambda: 1001.0)], __version__))
+    registry.register(Exporter(model_collectors(model, SourceState(), clock=lambda: 1001.0),
+                               __version__))
     return generate_latest(registry).decode("utf-8")
 
 

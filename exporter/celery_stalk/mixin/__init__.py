@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from .alerts import rule_groups, runbook
+from .compat import COMPAT, compat_path, compat_rule_file
 from .config import DEFAULT, Config
 from .dashboards import dashboards
 
@@ -38,9 +39,14 @@ def rules_yaml(config: Config = DEFAULT) -> str:
     return header + yaml.dump(rule_groups(config), Dumper=_Dumper, sort_keys=False, width=100)
 
 
-def render(config: Config = DEFAULT) -> dict[str, str]:
-    """Every generated file, by path relative to the output directory."""
+def render(config: Config = DEFAULT, compat: tuple[str, ...] = tuple(COMPAT)) -> dict[str, str]:
+    """Every generated file, by path relative to the output directory; ``compat`` names the
+    compatibility rule files (alerts/compat/) to include."""
     files = {RULES: rules_yaml(config), RUNBOOK: runbook(config)}
+    for name in compat:
+        header, groups = compat_rule_file(name, config)
+        files[compat_path(name)] = header + yaml.dump(groups, Dumper=_Dumper, sort_keys=False,
+                                                      width=100)
     for name, dashboard in dashboards(config).items():
         files[f"dashboards/{name}.json"] = json.dumps(dashboard, indent=2) + "\n"
     return files

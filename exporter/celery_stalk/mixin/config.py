@@ -111,6 +111,11 @@ class Config:
 
     dashboard_refresh: str = "30s"
 
+    # The job label of the compatibility series (alerts/compat/): the job the old tool was
+    # scraped as, which its dashboards and alerts select.
+    celery_exporter_job: str = "celery-exporter"
+    flower_job: str = "flower"
+
     def __post_init__(self):
         problems = self.problems()
         if problems:

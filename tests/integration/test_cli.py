@@ -1,4 +1,5 @@
-"""The command line as users meet it: bad flags fail at start with one line naming the fix."""
+"""The command line as users meet it, in its own process: bad flags fail at start with one
+line naming the fix; a broker that cannot be reached is served as data, the password never printed."""
 
 from __future__ import annotations
 
@@ -7,9 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
-from celery_stalk.config import Config, ConfigError, redact_url
-
 
 def run_cli(*args, env=None, timeout=30):
     return subprocess.run([sys.executable, "-m", "celery_stalk", *args], capture_output=True,
@@ -73,39 +71,6 @@ def test_taken_port_fails_with_one_clear_line():
     assert "pick a free port with --listen-address" in result.stderr
 
 
-def test_config_parses_repeatable_queues_and_json_transport_options():
-    config = Config.parse(
-        broker_url="redis://localhost:6379/0",
-        queue=("a,b", "c", "a"),
-        broker_transport_option=("priority_steps=[0,5]", "sep=:", 'global_keyprefix="x:"'),
-    )
-    assert config.queues == ("a", "b", "c")
-    assert config.transport_options == {"priority_steps": [0, 5], "sep": ":", "global_keyprefix": "x:"}
-    assert config.transport == "redis"
-
-
-def test_config_error_lists_every_problem():
-    with pytest.raises(ConfigError) as info:
-        Config.parse(broker_url=None, worker_timeout="0", wait_buckets="a,b")
-    assert len(info.value.problems) == 3
-
-
-@pytest.mark.parametrize(
-    "url, expected",
-    [
-        ("redis://:hunter2@redis:6379/0", "redis://:***@redis:6379/0"),
-        ("amqp://app:hunter2@mq:5672/vhost", "amqp://app:***@mq:5672/vhost"),
-        ("rediss://default:hunter2@r:6380/0?ssl_cert_reqs=required",
-         "rediss://default:***@r:6380/0?ssl_cert_reqs=required"),
-        ("redis://r:6379/0?password=hunter2", "redis://r:6379/0?password=***"),
-        ("amqp://a:hunter2@m1//;amqp://a:hunter2@m2//", "amqp://a:***@m1//;amqp://a:***@m2//"),
-        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
-    ],
-)
-def test_redact_url(url, expected):
-    assert redact_url(url) == expected
-
-
 def test_unreachable_broker_is_served_as_data_and_the_password_never_printed():
     """Nothing listens on port 1: the exporter still serves, says so in metrics, and its
     logs, landing page and metrics never show the password (the URL-encoded form either)."""
@@ -129,34 +94,3 @@ def test_unreachable_broker_is_served_as_data_and_the_password_never_printed():
     output = exporter.output()
     for text in (output, landing, metrics.text):
         assert secret not in text and "pa55@hunter2" not in text and "hunter2" not in text
-
-
-def test_backoff_doubles_from_half_a_second_to_a_cap_with_jitter():
-    from celery_stalk.events import Backoff
-
-    for jitter, factor in ((0.0, 0.5), (1.0, 1.0)):
-        backoff = Backoff(rng=lambda: jitter)
-        delays = [backoff.next_delay() for _ in range(8)]
-        assert delays == [factor * d for d in (0.5, 1, 2, 4, 8, 10, 10, 10)]
-        backoff.reset()
-        assert backoff.next_delay() == factor * 0.5
-
-
-def test_broker_tls_defaults_verify_and_options_map_to_each_transport():
-    import ssl
-
-    redis = Config.parse(broker_url="rediss://r:6380/0")
-    assert redis.kombu_ssl == {"ssl_cert_reqs": "required"}  # kombu alone would not verify
-    redis = Config.parse(broker_url="rediss://r:6380/0",
-                         broker_ssl_option=("ca_certs=/etc/hostname", "cert_reqs=CERT_NONE"))
-    assert redis.kombu_ssl == {"ssl_ca_certs": "/etc/hostname", "ssl_cert_reqs": "none"}
-    amqp = Config.parse(broker_url="amqps://u:p@mq//", broker_ssl_option=("ca_certs=/etc/hostname",))
-    assert amqp.kombu_ssl == {"ca_certs": "/etc/hostname", "cert_reqs": ssl.CERT_REQUIRED,
-                              "server_hostname": None}
-    assert Config.parse(broker_url="amqp://mq//").kombu_ssl is False
-
-
-def test_stall_timeout_defaults_to_half_the_worker_timeout_at_most_10s():
-    assert Config.parse(broker_url="redis://r/0").events_stall_timeout == 10
-    assert Config.parse(broker_url="redis://r/0", worker_timeout="5").events_stall_timeout == 2.5
-    assert Config.parse(broker_url="redis://r/0", events_stall_timeout="3").events_stall_timeout == 3

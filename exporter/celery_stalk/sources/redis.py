@@ -2,20 +2,16 @@
 
 kombu's Redis transport spends most of its time per message on machinery an
 exporter does not need (a Message object, a delivery tag, a callback chain).
-This source subscribes to the same channels kombu would
+This reader subscribes to the same channels kombu would
 (``PSUBSCRIBE {global_keyprefix}/{db}.celeryev/*``), parses the RESP stream
-with hiredis and decodes kombu's envelope and the event body with orjson.
+with hiredis and unwraps kombu's envelope with orjson.
 
-It never lets Redis drop it for being slow if it can help it: before decoding
-each batch it takes everything the socket holds, up to MAX_BACKLOG bytes kept
-in the process, so the backlog of a burst waits here rather than in Redis's
-output buffer (client-output-buffer-limit pubsub, 32 MB by default, past which
-Redis disconnects the subscriber and the events in between are lost). If Redis
-drops it anyway, the loss is logged as such and counted as a reconnect.
-
-Everything else is EventConsumer's: the thread, readiness, reconnect with
-capped backoff, ticks, the stall watchdog, the heartbeat broadcast on
-connect, and the reasons undecodable messages are counted under.
+It never lets Redis drop it for being slow if it can help it: it takes
+everything the socket holds, up to MAX_BACKLOG bytes kept in the process, and
+keeps draining while it parses, so the backlog of a burst waits here rather
+than in Redis's output buffer (client-output-buffer-limit pubsub, 32 MB by
+default, past which Redis disconnects the subscriber and the events in between
+are lost). If Redis drops it anyway, the loss is said as such.
 """
 
 from __future__ import annotations
@@ -24,36 +20,34 @@ import binascii
 import logging
 import socket
 import ssl
+import time
 from collections import deque
+from typing import Callable
 
 import hiredis
 import redis
 
-from .events import (
-    ACCEPTED_CONTENT_TYPES,
-    BAD_ENVELOPE,
-    CONNECT_TIMEOUT,
-    CONTENT_TYPE,
-    INTERNAL_ERROR,
-    NOT_JSON,
-    REDIS_EVENT_OPTIONS,
-    TICK_INTERVAL,
-    EventConsumer,
-    decode_body,
-)
+from .decode import BAD_ENVELOPE, decode_body
+from .supervisor import Message
 
 log = logging.getLogger(__name__)
 
 EXCHANGE = "celeryev"
+CONNECT_TIMEOUT = 5.0
+# Let the kernel notice a peer that vanished (keepalive probes).
+KEEPALIVE_OPTIONS = {
+    getattr(socket, "TCP_KEEPIDLE", 4): 10,
+    getattr(socket, "TCP_KEEPINTVL", 5): 5,
+    getattr(socket, "TCP_KEEPCNT", 6): 3,
+}
 READ_SIZE = 1 << 20
 FEED_SIZE = 16 << 10  # see _Stream
 # Unparsed bytes kept in the process (about 120,000 batched events): room for a
 # burst several seconds long at full speed, and a bound on memory.
 MAX_BACKLOG = 64 << 20
-# Events applied to the model under one lock acquisition: large enough to make
-# the lock free, small enough that a scrape never waits more than a few ms.
-BATCH_EVENTS = 2000
-# How often, in messages, the socket is drained while decoding: a burst must
+# Messages handed over per read: the socket is drained again soon after.
+MAX_FRAMES = 128
+# How often, in messages, the socket is drained while parsing: a burst must
 # not pile up in Redis between two reads.
 READ_EVERY_FRAMES = 32
 PING_INTERVAL = 10.0  # a silent half-open TCP connection is noticed in 3 intervals
@@ -80,104 +74,103 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-class RedisEventSource(EventConsumer):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.urls = [url.strip() for url in self.broker_url.split(";") if url.strip()]
+class RedisReader:
+    def __init__(self, broker_url: str, transport_options: dict, ssl_options: dict | bool,
+                 invalid: Callable[[str], None], monotonic=time.monotonic):
+        self.urls = [url.strip() for url in broker_url.split(";") if url.strip()]
+        self.transport_options = transport_options
+        self.ssl_options = ssl_options if isinstance(ssl_options, dict) else {}
+        self.invalid = invalid
+        self.monotonic = monotonic
         self._attempt = 0
+        self._client: redis.Redis | None = None
+        self._connection = None
+        self._stream: _Stream | None = None
+        self._last_heard = 0.0
+        self._next_ping = 0.0
+        self._lost: SubscriptionLost | None = None  # raised at the next read
 
-    def _consume(self) -> None:
+    def connect(self) -> str:
         url = self.urls[self._attempt % len(self.urls)]  # failover URLs, in turn
         self._attempt += 1
-        client = redis.Redis.from_url(
+        self._client = redis.Redis.from_url(
             url,
             socket_connect_timeout=CONNECT_TIMEOUT,
             socket_timeout=CONNECT_TIMEOUT,
             socket_keepalive=True,
-            socket_keepalive_options=REDIS_EVENT_OPTIONS["socket_keepalive_options"],
+            socket_keepalive_options=KEEPALIVE_OPTIONS,
             health_check_interval=0,
             protocol=2,
-            # rediss://: the same ssl_* options as kombu's and the queue reader's
-            **(self.ssl if isinstance(self.ssl, dict) else {}),
+            # rediss://: the same ssl_* options as the queue reader's
+            **self.ssl_options,
         )
-        connection = client.connection_pool.get_connection()
-        try:
-            pattern = subscribe_pattern(connection.db, self.transport_options)
-            connection.send_command("PSUBSCRIBE", pattern)
-            # redis-py connected, authenticated and selected the db; from here the
-            # socket carries only our subscription, read without redis-py's layers.
-            stream = _Stream(connection._sock)
-            reply = stream.first_frame(CONNECT_TIMEOUT)
-            if not (isinstance(reply, list) and reply[0] == b"psubscribe"):
-                raise ConnectionError(f"unexpected reply to PSUBSCRIBE: {reply!r:.200}")
-            self._wake_workers_now()
-            self.model.consumer_connected(self.clock())
-            self.consuming.set()
-            self.backoff.reset()
-            self._last_message = self.monotonic()
-            log.info("consuming events from %s (pattern %s)", connection.host, pattern)
-            self._pump(stream)
-        finally:
+        connection = self._connection = self._client.connection_pool.get_connection()
+        pattern = subscribe_pattern(connection.db, self.transport_options)
+        connection.send_command("PSUBSCRIBE", pattern)
+        # redis-py connected, authenticated and selected the db; from here the
+        # socket carries only our subscription, read without redis-py's layers.
+        stream = self._stream = _Stream(connection._sock)
+        reply = stream.first_frame(CONNECT_TIMEOUT)
+        if not (isinstance(reply, list) and reply[0] == b"psubscribe"):
+            raise ConnectionError(f"unexpected reply to PSUBSCRIBE: {reply!r:.200}")
+        self._last_heard = self.monotonic()
+        self._next_ping = 0.0
+        self._lost = None
+        return f"{connection.host} (pattern {pattern})"
+
+    def read(self, timeout: float) -> list[Message]:
+        if self._lost is not None:
+            raise self._lost
+        stream = self._stream
+        got = stream.read_available()
+        messages: list[Message] = []
+        frames = 0
+        while frames < MAX_FRAMES:
+            try:
+                frame = stream.next_frame()
+            except SubscriptionLost as exc:
+                if not messages:
+                    raise
+                self._lost = exc  # what was read before the loss is applied first
+                return messages
+            if frame is False:
+                break
+            frames += 1
+            self._unwrap(frame, messages)
+            if frames % READ_EVERY_FRAMES == 0:
+                got += stream.read_available()  # keep Redis's buffer for us empty
+        if got or frames:
+            self._last_heard = self.monotonic()
+        elif timeout > 0:
+            stream.wait(timeout)
+        return messages
+
+    def tick(self, now: float) -> None:
+        monotonic = self.monotonic()
+        if monotonic >= self._next_ping:
+            if monotonic - self._last_heard > 3 * PING_INTERVAL:
+                raise ConnectionError(f"no data from Redis in {3 * PING_INTERVAL:.0f} s")
+            self._stream.send(b"*1\r\n$4\r\nPING\r\n")  # answered even while subscribed
+            self._next_ping = monotonic + PING_INTERVAL
+
+    def close(self, broken: bool) -> None:
+        connection, client = self._connection, self._client
+        self._connection = self._client = self._stream = None
+        if connection is not None:
             connection.disconnect()
+        if client is not None:
             client.close()
 
-    def _wake_workers_now(self) -> None:
-        try:
-            with self._connection() as connection:
-                self._wake_workers(connection)
-        except Exception as exc:  # a courtesy: heartbeats arrive anyway within 2 s
-            log.debug("could not ask workers for a heartbeat: %s", exc)
-
-    def _pump(self, stream: _Stream) -> None:
-        """Read, decode and apply until stopped; raises when the connection is lost."""
-        model, clock, stop = self.model, self.clock, self._stop
-        decode = self._decode
-        next_tick = next_ping = 0.0
-        last_heard = clock()
-        while not stop.is_set():
-            got = stream.read_available()
-            events: list = []
-            frames = 0
-            while len(events) < BATCH_EVENTS:
-                frame = stream.next_frame()
-                if frame is False:
-                    break
-                frames += 1
-                decode(frame, events)
-                if frames % READ_EVERY_FRAMES == 0:
-                    got += stream.read_available()  # keep Redis's buffer for us empty
-            now = clock()
-            if events:
-                self._last_message = self.monotonic()
-                try:
-                    model.apply_many(events, now)
-                except Exception:  # a bug of ours must not look like a broker outage
-                    log.exception("could not apply a batch of events")
-                    model.record_invalid(INTERNAL_ERROR)
-            if got or frames:
-                last_heard = now
-            if now >= next_tick:
-                model.tick(now)
-                self._check_stall()
-                next_tick = now + TICK_INTERVAL
-            if now >= next_ping:
-                if now - last_heard > 3 * PING_INTERVAL:
-                    raise ConnectionError(f"no data from Redis in {3 * PING_INTERVAL:.0f} s")
-                stream.send(b"*1\r\n$4\r\nPING\r\n")  # answered even while subscribed
-                next_ping = now + PING_INTERVAL
-            if not frames and not got:
-                stream.wait(max(0.0, min(next_tick, next_ping) - now))
-
-    def _decode(self, frame, events: list) -> None:
-        """Append the events of one pub/sub frame to ``events``; count what cannot be read."""
+    def _unwrap(self, frame, messages: list[Message]) -> None:
+        """Append the (content type, body) of one pub/sub frame; count what cannot be read."""
         if not isinstance(frame, list):
             if isinstance(frame, hiredis.ReplyError):
                 raise ConnectionError(f"Redis answered: {frame}")
             return  # PONG
         if frame[0] != b"pmessage":
             return  # subscription confirmations, pongs
-        # The envelope: what kombu would refuse to unpack (no properties, no
-        # delivery tag, bad base64) is counted under the kombu consumer's reason.
+        # kombu's envelope: what kombu would refuse to unpack (no properties, no
+        # delivery tag, bad base64) is counted as a bad envelope.
         try:
             envelope = decode_body(frame[3])
             properties = envelope["properties"]
@@ -190,20 +183,9 @@ class RedisEventSource(EventConsumer):
             elif encoding not in (None, "utf-8", "base64"):
                 raise ValueError(f"unknown body_encoding {encoding!r}")
         except (ValueError, TypeError, KeyError, AttributeError, binascii.Error):
-            self.model.record_invalid(BAD_ENVELOPE)
+            self.invalid(BAD_ENVELOPE)
             return
-        if content_type not in ACCEPTED_CONTENT_TYPES:
-            self.model.record_invalid(CONTENT_TYPE)
-            return
-        try:
-            decoded = decode_body(body)
-        except (ValueError, TypeError):
-            self.model.record_invalid(NOT_JSON)
-            return
-        if isinstance(decoded, list):  # task.multi: a worker's buffered batch
-            events.extend(decoded)
-        else:
-            events.append(decoded)
+        messages.append((content_type, body))
 
 
 class _Stream:
@@ -291,4 +273,3 @@ class _Stream:
     def send(self, data: bytes) -> None:
         self.sock.settimeout(CONNECT_TIMEOUT)
         self.sock.sendall(data)
-

@@ -1,17 +1,13 @@
-"""The metric catalog and the collectors that render it at scrape time.
+"""The metric catalog: every metric the exporter emits, named, typed and documented once.
 
-Every metric the exporter emits is named, typed and documented once, in
-CATALOG. Collectors are views: each scrape builds fresh metric families from
-a model snapshot or one broker read; nothing here keeps state between scrapes
-except the last queue read's outcome.
+The collectors (one per file beside this one) build their families from it;
+the README's metric table and the rule checks are generated from, or tested
+against, it.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -20,11 +16,7 @@ from prometheus_client.core import (
     Metric as Family,
 )
 
-from .brokers import QueueReader
-from .exposition import SeriesCounter, SeriesHistogram
-from .model import TASK_EVENTS, HistogramView, Model
-
-log = logging.getLogger(__name__)
+from ..model import TASK_EVENTS
 
 
 @dataclass(frozen=True)
@@ -38,7 +30,7 @@ class Metric:
 _TASK = ("task", "queue")
 
 
-def _task_counter(event: str) -> Metric:
+def task_counter(event: str) -> Metric:
     verb = event.removeprefix("task-")
     return Metric(
         f"celery_task_{verb}_total", "counter", _TASK,
@@ -49,7 +41,7 @@ def _task_counter(event: str) -> Metric:
 CATALOG: dict[str, Metric] = {
     m.name: m
     for m in [
-        *(_task_counter(event) for event in TASK_EVENTS),
+        *(task_counter(event) for event in TASK_EVENTS),
         Metric("celery_task_exceptions_total", "counter", _TASK + ("exception",),
                "Failed tasks by exception class name (never the message), from task-failed events."),
         Metric("celery_task_runtime_seconds", "histogram", _TASK,
@@ -87,7 +79,8 @@ CATALOG: dict[str, Metric] = {
                "Celery events applied, by event type (other: types this version does not know)."),
         Metric("celery_stalk_events_invalid_total", "counter", ("reason",),
                "Messages or events that could not be applied and were skipped, by reason: "
-               "not_json, content_type, bad_envelope (not a kombu message), not_an_object, "
+               "not_json, too_deep (JSON nested deeper than any event), content_type, bad_envelope "
+               "(not a kombu message), not_an_object, "
                "missing_type, missing_field (absent or wrongly typed), bad_value (empty, longer "
                "than 300 characters or not UTF-8), internal_error (a bug: see the log)."),
         Metric("celery_stalk_last_event_timestamp_seconds", "gauge", (),
@@ -105,7 +98,12 @@ CATALOG: dict[str, Metric] = {
                "events count as task name unknown."),
         Metric("celery_stalk_label_overflow_total", "counter", ("label",),
                "Values past the cap of distinct label values (--max-task-names, --max-queues, "
-               "--max-exceptions, --max-workers), reported as \"other\"."),
+               "--max-exceptions), reported as \"other\"."),
+        Metric("celery_stalk_label_forgotten_total", "counter", ("label",),
+               "Label values forgotten, their series dropped, to make room for a new one once "
+               "the cap was full: task names, queues and exception types idle for --label-ttl; "
+               "workers (--max-workers) down longest, else heard from only once, else heard from "
+               "least recently."),
         Metric("celery_stalk_broker_up", "gauge", (),
                "1 if this scrape's queue depth read from the broker succeeded, else 0."),
         Metric("celery_stalk_events_connected", "gauge", (),
@@ -135,139 +133,13 @@ def family(name: str) -> Family:
     return GaugeMetricFamily(name, m.help, labels=m.labels)
 
 
-def _histogram(name: str, hists: dict[tuple[str, str], HistogramView], bounds: tuple[float, ...],
-               cache: dict) -> Family:
-    m = CATALOG[name]
-    return SeriesHistogram(name, m.help, m.labels, hists, bounds, cache)
-
-
-def _counter(name: str, values: dict[tuple[str, ...], int], cache: dict) -> Family:
-    """A counter family with one series per label tuple (task and queue, ...)."""
-    m = CATALOG[name]
-    return SeriesCounter(name.removesuffix("_total"), m.help, m.labels, values, cache)
-
-
-class ModelCollector:
-    """Task, worker and exporter-health metrics from one model snapshot."""
-
-    name = "events"
-
-    def __init__(self, model: Model, clock: Callable[[], float] = time.time):
-        self.model = model
-        self.clock = clock
-        self.lines_cache: dict = {}  # series lines from the last scrape (exposition.py)
-
-    def collect(self) -> Iterable[Family]:
-        snap = self.model.snapshot(self.clock())
-        for event in TASK_EVENTS:
-            yield _counter(_task_counter(event).name, snap.counters[event], self.lines_cache)
-        yield _counter("celery_task_exceptions_total", snap.exceptions, self.lines_cache)
-        yield _histogram("celery_task_runtime_seconds", snap.runtime, snap.runtime_buckets,
-                         self.lines_cache)
-        yield _histogram("celery_task_queue_wait_seconds", snap.wait, snap.wait_buckets,
-                         self.lines_cache)
-
-        up, offline, heartbeat, active = (
-            family("celery_worker_up"),
-            family("celery_worker_offline"),
-            family("celery_worker_last_heartbeat_timestamp_seconds"),
-            family("celery_worker_tasks_active"),
-        )
-        for worker, view in sorted(snap.workers.items()):
-            up.add_metric([worker], 1 if view.up else 0)
-            offline.add_metric([worker], 1 if view.offline else 0)
-            heartbeat.add_metric([worker], view.last_heartbeat)
-            active.add_metric([worker], view.active)
-        yield from (up, offline, heartbeat, active)
-        yield _single("celery_workers", sum(1 for v in snap.workers.values() if v.up))
-        yield _single("celery_worker_lost_total", snap.workers_lost)
-
-        yield _labelled("celery_stalk_events_total", snap.events)
-        yield _labelled("celery_stalk_events_invalid_total", snap.invalid)
-        if snap.last_event is not None:
-            yield _single("celery_stalk_last_event_timestamp_seconds", snap.last_event)
-        yield _labelled("celery_stalk_task_name_unknown_total", snap.name_unknown)
-        yield _single("celery_stalk_queue_wait_clock_skew_total", snap.clock_skew)
-        yield _single("celery_stalk_tracked_tasks", snap.tracked_tasks)
-        yield _single("celery_stalk_tracked_tasks_evicted_total", snap.evicted_tasks)
-        yield _labelled("celery_stalk_label_overflow_total", snap.overflow)
-        yield _single("celery_stalk_events_connected", 1 if snap.consumer_connected else 0)
-        yield _single("celery_stalk_broker_reconnects_total", snap.reconnects)
-        yield _single("celery_stalk_events_stalls_total", snap.stalls)
-
-
-class QueueCollector:
-    """Queue depth and consumers from one broker read, plus celery_stalk_broker_up."""
-
-    name = "queues"
-
-    def __init__(self, model: Model, reader: QueueReader):
-        self.model = model
-        self.reader = reader
-
-    def collect(self) -> Iterable[Family]:
-        queues = self.model.known_queues()
-        try:
-            depths = self.reader.read(queues)
-        except Exception as exc:
-            log.warning("cannot read queue depths from the broker: %s: %s", type(exc).__name__, exc)
-            yield _single("celery_stalk_broker_up", 0)
-            raise CollectorFailed from exc
-        messages, consumers = family("celery_queue_messages"), family("celery_queue_consumers")
-        for queue, depth in sorted(depths.items()):
-            messages.add_metric([queue], depth.messages)
-            if depth.consumers is not None:
-                consumers.add_metric([queue], depth.consumers)
-        yield messages
-        if consumers.samples:
-            yield consumers
-        yield _single("celery_stalk_broker_up", 1)
-
-
-class CollectorFailed(Exception):
-    """A collector yielded what it could and failed; its success metric says 0."""
-
-
-class Exporter:
-    """The one collector registered: runs each part, timing it and noting success."""
-
-    def __init__(self, parts: list, version: str, clock: Callable[[], float] = time.perf_counter):
-        self.parts = parts
-        self.version = version
-        self.clock = clock
-
-    def collect(self) -> Iterable[Family]:
-        success, duration = family("celery_stalk_collector_success"), family(
-            "celery_stalk_collector_duration_seconds"
-        )
-        for part in self.parts:
-            started, ok = self.clock(), 1
-            try:
-                yield from part.collect()
-            except CollectorFailed:
-                ok = 0
-            except Exception:
-                log.exception("collector %s failed", part.name)
-                ok = 0
-            success.add_metric([part.name], ok)
-            duration.add_metric([part.name], self.clock() - started)
-        build = family("celery_stalk_build_info")
-        build.add_metric([self.version], 1)
-        yield build
-        yield success
-        yield duration
-
-    def describe(self) -> Iterable[Family]:
-        return []  # families are dynamic: don't let the registry collect at registration
-
-
-def _single(name: str, value: float) -> Family:
+def single(name: str, value: float) -> Family:
     fam = family(name)
     fam.add_metric([], value)
     return fam
 
 
-def _labelled(name: str, values: dict[str, int]) -> Family:
+def labelled(name: str, values: dict[str, int]) -> Family:
     fam = family(name)
     for label, value in sorted(values.items()):
         fam.add_metric([label], value)

@@ -1,0 +1,36 @@
+"""Worker metrics: liveness, clean shutdowns and losses, tasks executing."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+from prometheus_client.core import Metric as Family
+
+from ..model import Model
+from .catalog import family, single
+
+
+class WorkerCollector:
+    name = "workers"
+
+    def __init__(self, model: Model, clock: Callable[[], float] = time.time):
+        self.model = model
+        self.clock = clock
+
+    def collect(self) -> Iterable[Family]:
+        snap = self.model.worker_snapshot(self.clock())
+        up, offline, heartbeat, active = (
+            family("celery_worker_up"),
+            family("celery_worker_offline"),
+            family("celery_worker_last_heartbeat_timestamp_seconds"),
+            family("celery_worker_tasks_active"),
+        )
+        for worker, view in sorted(snap.workers.items()):
+            up.add_metric([worker], 1 if view.up else 0)
+            offline.add_metric([worker], 1 if view.offline else 0)
+            heartbeat.add_metric([worker], view.last_heartbeat)
+            active.add_metric([worker], view.active)
+        yield from (up, offline, heartbeat, active)
+        yield single("celery_workers", sum(1 for v in snap.workers.values() if v.up))
+        yield single("celery_worker_lost_total", snap.workers_lost)

@@ -1,0 +1,199 @@
+"""The bounded in-memory model of a Celery fleet, fed one event at a time.
+
+Pure: no I/O, no threads of its own, no prometheus_client. Every method that
+depends on time takes ``now`` (the exporter's own clock, seconds since the
+epoch), so tests replay event lists with an injected clock.
+
+Parts: the task ledger (counters, histograms, label caps: ledger.py), the
+tasks in flight (tracker.py) joined by the task event handlers (tasks.py),
+and the worker registry (workers.py). Model routes each event through one
+dispatch table, doing the checks every handler shares once, and holds the one
+lock: the events thread is the only writer; scrapes take snapshots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass
+
+from .fields import (
+    BAD_VALUE,
+    MAX_DURATION,
+    MAX_TASK_ID_LENGTH,
+    MISSING_FIELD,
+    MISSING_TYPE,
+    NOT_AN_OBJECT,
+    id_refusal,
+)
+from .labels import MAX_LABEL_LENGTH, OTHER, UNKNOWN, LabelCap, exception_class, label_value
+from .ledger import TASK_EVENTS, HistogramView, TaskLedger, TaskSnapshot
+from .routes import TaskRoutes
+from .settings import ModelSettings
+from .tasks import TaskEvents
+from .tracker import TaskTracker
+from .workers import WORKER_EVENTS, WorkerRegistry, WorkerSnapshot, WorkerView
+
+__all__ = [
+    "BAD_VALUE", "MAX_DURATION", "MAX_LABEL_LENGTH", "MISSING_FIELD", "MISSING_TYPE",
+    "NOT_AN_OBJECT", "OTHER", "TASK_EVENTS", "UNKNOWN", "WORKER_EVENTS", "HistogramView",
+    "LabelCap", "Model", "ModelSettings", "Snapshot", "TaskRoutes", "WorkerView",
+    "exception_class", "label_value",
+]
+
+# Known but not modelled: counted in events_total under their own name.
+OTHER_KNOWN_EVENTS = ("task-cancelled",)
+KNOWN_EVENTS = frozenset(TASK_EVENTS + WORKER_EVENTS + OTHER_KNOWN_EVENTS)
+
+
+@dataclass
+class HealthSnapshot:
+    events: dict[str, int]
+    invalid: dict[str, int]
+    last_event: float | None
+    tracked_tasks: int
+    evicted_tasks: int
+    overflow: dict[str, int]  # by label: values past a cap, reported as "other"
+    forgotten: dict[str, int]  # by label: values forgotten to make room for new ones
+
+
+@dataclass
+class Snapshot(TaskSnapshot, WorkerSnapshot, HealthSnapshot):
+    """The whole model at one instant (tests; collectors take the parts they need)."""
+
+    now: float = 0.0
+
+
+class Model:
+    def __init__(
+        self,
+        settings: ModelSettings | None = None,
+        static_queues: tuple[str, ...] = (),
+        routes: tuple[tuple[str, str], ...] = (),
+    ):
+        self.settings = s = settings or ModelSettings()
+        task_routes = TaskRoutes(routes)
+        self.ledger = TaskLedger(s, pinned_queues=tuple(static_queues) + task_routes.queues)
+        self.tracker = TaskTracker(s.max_tracked_tasks)
+        self.tasks = TaskEvents(self.ledger, self.tracker, task_routes)
+        self.workers = WorkerRegistry(s)
+        self._lock = threading.Lock()
+        self._events: dict[str, int] = {}
+        self._invalid: dict[str, int] = {}
+        self._last_event: float | None = None
+        # The dispatch table: event type -> handler. Task events are keyed by a
+        # task id, checked here once for all of them.
+        self._task_handlers = self.tasks.handlers()
+        self._other_handlers = self.workers.handlers()
+
+    # -- input ------------------------------------------------------------
+
+    def apply(self, event: object, now: float) -> None:
+        """Apply one decoded event. Malformed events are counted and skipped."""
+        with self._lock:
+            self._apply(event, now)
+
+    def apply_many(self, events: list, now: float) -> None:
+        """Apply a batch (a ``task.multi`` body) under one lock acquisition."""
+        with self._lock:
+            for event in events:
+                self._apply(event, now)
+
+    def _apply(self, event: object, now: float) -> None:
+        if not isinstance(event, dict):
+            self._refuse(NOT_AN_OBJECT)
+            return
+        kind = event.get("type")
+        if not isinstance(kind, str):
+            self._refuse(MISSING_TYPE)
+            return
+        handler = self._task_handlers.get(kind)
+        if handler is not None:
+            task_id = event.get("uuid")
+            if type(task_id) is str and len(task_id) <= MAX_TASK_ID_LENGTH:
+                reason = handler(task_id, event, now)
+            else:
+                reason = id_refusal(task_id)
+        else:
+            handler = self._other_handlers.get(kind)
+            if handler is None:
+                label = kind if kind in KNOWN_EVENTS else OTHER
+                self._events[label] = self._events.get(label, 0) + 1
+                self._last_event = now
+                return
+            reason = handler(event, now)
+        if reason:
+            self._refuse(reason)
+            return
+        self._events[kind] = self._events.get(kind, 0) + 1
+        self._last_event = now
+
+    def _refuse(self, reason: str) -> None:
+        self._invalid[reason] = self._invalid.get(reason, 0) + 1
+
+    def link_up(self, now: float) -> None:
+        """The event stream is connected: liveness verdicts resume."""
+        with self._lock:
+            self.workers.link_up(now)
+
+    def link_down(self) -> None:
+        """The event stream is lost: keep every worker's last verdict until it is back."""
+        with self._lock:
+            self.workers.link_down()
+
+    def expected_event_interval(self) -> float | None:
+        with self._lock:
+            return self.workers.expected_event_interval()
+
+    def tick(self, now: float) -> None:
+        """Declare silent workers lost and forget workers gone for worker_ttl."""
+        with self._lock:
+            self.workers.tick(now)
+
+    def learn_queues(self, names: list[str], now: float) -> None:
+        """Queues found on the broker (Redis bindings), so they are always read."""
+        with self._lock:
+            for name in names:
+                self.ledger.queue_names.admit(name, now)
+
+    # -- output -------------------------------------------------------------
+
+    def task_snapshot(self) -> TaskSnapshot:
+        with self._lock:
+            return self.ledger.snapshot()
+
+    def worker_snapshot(self, now: float) -> WorkerSnapshot:
+        with self._lock:
+            return self.workers.snapshot(now)
+
+    def health_snapshot(self) -> HealthSnapshot:
+        with self._lock:
+            return self._health()
+
+    def _health(self) -> HealthSnapshot:
+        caps = {
+            "task": self.ledger.task_names,
+            "queue": self.ledger.queue_names,
+            "exception": self.ledger.exception_names,
+        }
+        return HealthSnapshot(
+            events=dict(self._events),
+            invalid=dict(self._invalid),
+            last_event=self._last_event,
+            tracked_tasks=len(self.tracker),
+            evicted_tasks=self.tracker.evicted,
+            overflow={label: cap.overflow for label, cap in caps.items()},
+            forgotten={**{label: cap.forgotten for label, cap in caps.items()},
+                       "worker": self.workers.evicted},
+        )
+
+    def snapshot(self, now: float) -> Snapshot:
+        with self._lock:
+            parts = (self.ledger.snapshot(), self.workers.snapshot(now), self._health())
+        values = {f.name: getattr(part, f.name) for part in parts for f in dataclasses.fields(part)}
+        return Snapshot(now=now, **values)
+
+    def known_queues(self) -> list[str]:
+        """Queues to read depth for: --queue, task-sent queues and broker bindings."""
+        with self._lock:
+            return sorted(self.ledger.queue_names.values() - {UNKNOWN, OTHER})

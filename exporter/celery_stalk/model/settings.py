@@ -1,0 +1,24 @@
+"""What the model is told by the configuration; defaults come from options.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..options import default
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    worker_timeout: float = default("worker_timeout")
+    worker_ttl: float = default("worker_ttl")
+    max_tracked_tasks: int = default("max_tracked_tasks")
+    runtime_buckets: tuple[float, ...] = default("runtime_buckets")
+    wait_buckets: tuple[float, ...] = default("wait_buckets")
+    max_task_names: int = default("max_task_names")
+    max_queues: int = default("max_queues")
+    max_exceptions: int = default("max_exceptions")
+    label_ttl: float = default("label_ttl")
+    max_workers: int = default("max_workers")
+    # Celery itself declares a worker offline after 2.5 heartbeat intervals;
+    # a worker whose own heartbeat interval is long gets at least that much.
+    heartbeat_grace_factor: float = 2.5

@@ -1,0 +1,49 @@
+"""Where events come from: one supervised reader of the broker's event stream."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+from celery import Celery
+from kombu import Connection
+
+from ..model import Model
+from .state import SourceState
+from .supervisor import EventSource
+
+__all__ = ["EventSource", "SourceState", "event_source"]
+
+
+def event_source(config, model: Model, state: SourceState | None = None) -> EventSource:
+    """Redis gets the dedicated pub/sub reader; other brokers the kombu reader."""
+    state = state or SourceState()
+    if config.transport == "redis":
+        from .redis import RedisReader
+
+        reader = RedisReader(config.broker_url, config.transport_options, config.kombu_ssl,
+                             state.invalid)
+    else:
+        from .kombu import KombuReader
+
+        node_id = f"celery-stalk.{socket.gethostname()}.{uuid.uuid4().hex[:12]}"
+        reader = KombuReader(config.broker_url, config.transport_options, config.kombu_ssl,
+                             node_id, state.invalid)
+    return EventSource(
+        reader, model, state,
+        stall_timeout=config.events_stall_timeout,
+        wake_workers=lambda: wake_workers(config),
+    )
+
+
+def wake_workers(config) -> None:
+    """Broadcast ``heartbeat`` to every worker: each answers with one at once."""
+    from .kombu import CONNECT_TIMEOUT
+
+    options = config.transport_options
+    if config.transport == "redis":  # a broker that accepts but never answers must not hang us
+        options = {"socket_timeout": CONNECT_TIMEOUT, **options}
+    control = Celery(set_as_current=False)
+    with Connection(config.broker_url, transport_options=options, ssl=config.kombu_ssl,
+                    connect_timeout=CONNECT_TIMEOUT) as connection:
+        control.control.broadcast("heartbeat", connection=connection)
