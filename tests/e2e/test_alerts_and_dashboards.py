@@ -44,9 +44,9 @@ T = SimpleNamespace(**{name: seconds(getattr(TEST, name)) for name in vars(TEST)
 # Prometheus scrapes and evaluates every second; Alertmanager waits 1 s to group: a page
 # reaches the webhook a few seconds after its rule fires.
 SLACK = 6
-# The broker stays down this long: 1.5 times broker_unreachable_for, as 3 minutes are for
-# the shipped 2 minutes, and long enough that the exporters' and workers' reconnect
-# backoffs (not scaled) run up to several seconds.
+# The broker stays down this long: longer than broker_unreachable_for, as 3 minutes are
+# than the shipped 2, with room for the page to arrive while it is down; long enough that
+# the exporters' and workers' reconnect backoffs (which are not scaled) grow to seconds.
 OUTAGE = 12
 # Labels that tell one page from another; severity and job are the same for all.
 IDENTITY = ("broker", "instance", "queue", "task", "exception", "worker")
