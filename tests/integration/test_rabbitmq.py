@@ -85,7 +85,7 @@ def test_deeply_nested_json_on_rabbitmq_is_counted_not_a_traceback(rabbitmq_serv
     from kombu import Connection, Exchange
 
     exporter = fleet(ExporterProcess(rabbitmq_server.url))
-    exchange = Exchange("celeryev", type="fanout")
+    exchange = Exchange("celeryev", type="topic")  # as Celery declares it on AMQP
     nested = b"[" * 2000 + b"]" * 2000
     with Connection(rabbitmq_server.url) as connection:
         producer = connection.Producer()
