@@ -86,7 +86,7 @@ def outputs() -> dict[Path, str]:
 def main(argv: list[str]) -> int:
     if not ALERTS.exists():
         print(f"generate.py: error: {ALERTS.relative_to(ROOT)} does not exist: "
-              "generate the alerts and dashboards first (python -m mixin)", file=sys.stderr)
+              "generate the alerts and dashboards first (python -m celery_stalk.mixin)", file=sys.stderr)
         return 2
     drifted = []
     for path, text in outputs().items():

@@ -122,5 +122,9 @@ def catalog(flags):
     click.echo(flags_markdown() if flags else catalog_markdown())
 
 
+from .mixin.command import mixin  # noqa: E402  (its own module: rules and dashboards)
+
+main.add_command(mixin)
+
 if __name__ == "__main__":
     main()

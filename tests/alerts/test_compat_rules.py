@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from celery_stalk.collectors import CATALOG
-from mixin import ROOT, render
-from mixin.compat import COMPAT, compat_path, compat_rule_file
-from mixin.config import DEFAULT
+from celery_stalk.mixin import render
+from celery_stalk.mixin.compat import COMPAT, compat_path, compat_rule_file
+from celery_stalk.mixin.config import DEFAULT
+from tests.harness import ROOT
 from tests.alerts.promql import exposed_names, series_names
 from tests.alerts.test_rules import promtool
 
@@ -37,7 +38,7 @@ def series_of(entry: dict) -> set[str]:
 def test_there_is_a_facts_section_and_a_rule_file_for_each_tool():
     assert set(FACTS) == set(COMPAT) == {"celery-exporter", "flower"}
     for tool in COMPAT:
-        assert (ROOT / compat_path(tool)).exists(), f"{compat_path(tool)}: run python -m mixin"
+        assert (ROOT / compat_path(tool)).exists(), f"{compat_path(tool)}: run python -m celery_stalk.mixin"
         assert all(re.fullmatch(r"[0-9a-f]{40}", sha) for sha in FACTS[tool]["refs"].values())
 
 

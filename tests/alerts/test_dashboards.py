@@ -10,8 +10,8 @@ import re
 import pytest
 
 from celery_stalk.collectors import CATALOG
-from mixin import ROOT
 from tests.alerts.promql import exposed_names, series_names
+from tests.harness import ROOT
 
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
 MODERN_PANELS = {"row", "timeseries", "stat", "bargauge", "table", "state-timeline"}

@@ -12,10 +12,11 @@ import pytest
 import yaml
 
 from celery_stalk.collectors import CATALOG
-from mixin import RULES, ROOT, render
-from mixin.alerts import alert_table, alerts
-from mixin.config import DEFAULT, TEST, seconds
+from celery_stalk.mixin import RULES, render
+from celery_stalk.mixin.alerts import alert_table, alerts
+from celery_stalk.mixin.config import DEFAULT, TEST, seconds
 from tests.alerts.promql import exposed_names, series_names
+from tests.harness import ROOT
 
 RULE_FILE = ROOT / RULES
 UNIT_TESTS = sorted((ROOT / "alerts" / "tests").glob("*.yml"))
@@ -41,8 +42,9 @@ def test_committed_files_are_what_the_generator_writes():
     generated = render(DEFAULT)
     for path, text in generated.items():
         committed = ROOT / path
-        assert committed.exists(), f"{path} missing: run python -m mixin"
-        assert committed.read_text() == text, f"{path} drifted from mixin/: run python -m mixin"
+        assert committed.exists(), f"{path} missing: run python -m celery_stalk.mixin"
+        assert committed.read_text() == text, (
+            f"{path} drifted from celery_stalk/mixin: run python -m celery_stalk.mixin")
     shipped = {str(p.relative_to(ROOT)) for p in (ROOT / "dashboards").glob("*.json")}
     assert shipped == {p for p in generated if p.startswith("dashboards/")}, "stray dashboard"
 
@@ -116,13 +118,35 @@ def test_counters_are_only_read_through_rate_or_increase():
             assert not re.search(rf"{func}\(\s*\w+_total\b", expr), (rule, func)
 
 
-def test_shipped_durations_do_not_page_on_a_deploy():
-    for rule in alerting_rules():
-        if "for" in rule:
-            assert seconds(rule["for"]) >= 300, f"{rule['alert']}: for: {rule['for']} is too short"
-    # the alerts without for: are about events the exporter already debounced
+def test_shipped_windows_page_as_fast_as_the_runbook_says():
+    """The page times the issue asked for, from the shipped settings (the promtool tests
+    prove them on data); a change of a window that breaks one fails here first."""
+    d = {name: seconds(getattr(DEFAULT, name)) for name in vars(DEFAULT)
+         if name.endswith(("_for", "_window", "_settle", "_lookback"))}
+    scrape = 30
+    assert scrape + d["broker_unreachable_for"] <= 150  # a total broker outage: 2.5 minutes
+    assert scrape + d["exporter_down_for"] <= 180  # a dead exporter: 3 minutes
+    assert scrape + d["failure_fast_window"] + d["failure_fast_for"] <= 360  # >= 50% failing
+    assert scrape + d["failure_slow_window"] + d["failure_slow_for"] <= 3600  # >= 10%: an hour
+    # a 2-minute burst of failures is over before for: runs out (plus the window's tail)
+    assert d["failure_fast_for"] > 120
+    assert scrape + d["no_consumers_for"] <= 600  # never consumed: 10 minutes
+    assert scrape + 60 + d["backlog_for"] <= 900  # growing steadily: 15 minutes
+    assert d["worker_lost_window"] <= 900  # a lost worker resolves within 15 minutes
+    # the alerts without for: page on events the exporter already debounced
     assert {r["alert"] for r in alerting_rules() if "for" not in r} == {
         "CeleryWorkerLost", "CeleryTaskTimeLimitHit"}
+
+
+def test_every_symptom_alert_is_aggregated_over_replicas_and_guarded_on_up():
+    replicas = ", ".join(DEFAULT.replica_labels)
+    for rule in alerting_rules():
+        if rule["alert"] == "CeleryExporterDown":  # about the target itself, per target
+            continue
+        expr = rule["expr"]
+        assert expr.startswith(f"max without ({replicas}) ("), rule["alert"]
+        assert re.search(rf"and on \(job, {replicas}\)\s+up\{{{re.escape(DEFAULT.selector)}\}} == 1",
+                         expr), rule["alert"]
 
 
 def test_readme_alert_table_is_generated_from_the_rules():

@@ -121,7 +121,7 @@ def test_service_monitor_scrapes_every_exporter_through_its_service():
                 if wanted.items() <= s["metadata"].get("labels", {}).items()]
     assert len(services) == len(exporter_containers()), "one selected Service per exporter"
     # the operator names the job after this Service label: it must be the job the rules select
-    from mixin.config import DEFAULT
+    from celery_stalk.mixin.config import DEFAULT
 
     job_label = monitor["spec"]["jobLabel"]
     for service in services:
@@ -202,7 +202,7 @@ def test_generator_without_the_rule_file_fails_with_one_line(monkeypatch, capsys
     monkeypatch.setattr(generator, "ALERTS", ROOT / "alerts" / "no-such.rules.yml")
     assert generator.main([]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "python -m mixin" in lines[0]
+    assert len(lines) == 1 and "python -m celery_stalk.mixin" in lines[0]
 
 
 @pytest.mark.skipif(PENDING, reason=PENDING_REASON)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -96,15 +97,18 @@ class Alertmanager(_Process):
 class Prometheus(_Process):
     binary = "prometheus"
 
-    def __init__(self, rules: str, targets: list[str], alertmanager: str, interval: str = "1s"):
+    def __init__(self, rules: str, targets: list[str] | None = None, alertmanager: str = "",
+                 interval: str = "1s", static_configs: list[dict] | None = None):
+        """``targets`` of the job, or its target groups as ``static_configs``
+        ({"targets": [...], "labels": {...}}, to give targets labels of their own)."""
         super().__init__("prometheus")
+        static_configs = static_configs or [{"targets": targets}]
         (self.dir / "rules.yml").write_text(rules)
         config = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
             "rule_files": [str(self.dir / "rules.yml")],
             "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
-            "scrape_configs": [{"job_name": "celery-stalk",
-                                "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [{"job_name": "celery-stalk", "static_configs": static_configs}],
         }
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
 
@@ -128,18 +132,20 @@ class Prometheus(_Process):
 
 
 class Webhook:
-    """Records every Alertmanager notification it is sent."""
+    """Records every Alertmanager notification it is sent, with when it arrived."""
 
     def __init__(self):
         self.notifications: list[dict] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each notification
         lock = threading.Lock()
-        received = self.notifications
+        received, arrivals = self.notifications, self.arrivals
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with lock:
                     received.append(body)
+                    arrivals.append(time.monotonic())
                 self.send_response(200)
                 self.end_headers()
 
@@ -158,6 +164,11 @@ class Webhook:
         """Every alert of that name in the notifications so far, as Alertmanager sent it."""
         return [a for n in list(self.notifications) for a in n["alerts"]
                 if a["labels"]["alertname"] == alertname]
+
+    def sent(self, since: float = 0.0) -> list[tuple[float, dict]]:
+        """(arrival, alert) for every alert in the notifications that arrived after ``since``."""
+        pairs = list(zip(list(self.arrivals), list(self.notifications)))
+        return [(at, alert) for at, n in pairs if at > since for alert in n["alerts"]]
 
     def stop(self) -> None:
         self.server.shutdown()

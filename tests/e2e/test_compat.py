@@ -13,11 +13,10 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from mixin import ROOT
-from mixin.compat import COMPAT, TASK_EVENTS, compat_path
+from celery_stalk.mixin.compat import COMPAT, TASK_EVENTS, compat_path
 from tests.celery_app import make_app
 from tests.e2e.stack import Prometheus
-from tests.harness import ExporterProcess, WorkerProcess, eventually, wait_worker_up
+from tests.harness import ROOT, ExporterProcess, WorkerProcess, eventually, wait_worker_up
 
 pytestmark = pytest.mark.integration
 

@@ -4,6 +4,10 @@ Panels query the exporter's own metrics only (no recording rules), so the dashbo
 whether or not the rules are loaded, at any time range. Every query selects through the
 $job/$queue/$task/$worker variables; the data source is the $datasource variable. Only
 current panel types are used (timeseries, stat, bargauge, table, state-timeline).
+
+Exporters may run in HA pairs, each reporting the same broker: every series is taken once
+(``max without`` the replica labels) before it is summed, so two exporters never double a
+rate or a count.
 """
 
 from __future__ import annotations
@@ -21,12 +25,29 @@ QUEUE_LABELS = ("job", "queue")
 WORKER_LABELS = ("job", "worker")
 
 
+# Set by dashboards() from the settings: the labels that tell HA replicas apart.
+_REPLICAS = ["instance"]
+
+
 def sel(metric: str, labels: tuple[str, ...] = ("job",)) -> str:
     return metric + "{" + ", ".join(f'{label}=~"${label}"' for label in labels) + "}"
 
 
+def once(expr: str) -> str:
+    """One series per broker however many exporters report it."""
+    return f"max without ({', '.join(_REPLICAS)}) ({expr})"
+
+
+def gauge(metric: str, labels: tuple[str, ...] = ("job",)) -> str:
+    return once(sel(metric, labels))
+
+
 def rate(metric: str, labels: tuple[str, ...] = TASK_LABELS, window: str = RATE) -> str:
-    return f"rate({sel(metric, labels)}[{window}])"
+    return once(f"rate({sel(metric, labels)}[{window}])")
+
+
+def increase(metric: str, labels: tuple[str, ...] = ("job",), window: str = RANGE) -> str:
+    return once(f"increase({sel(metric, labels)}[{window}])")
 
 
 def quantile(q: float, histogram: str, by: str, labels: tuple[str, ...] = TASK_LABELS) -> str:
@@ -157,11 +178,11 @@ def overview() -> tuple[str, list[dict]]:
         stat("Event stream", "Whether every exporter is connected to the event stream.",
              f"min({sel('celery_stalk_events_connected')})", mappings=YES_NO),
         stat("Workers up", "Workers whose heartbeats arrive.",
-             f"sum({sel('celery_worker_up', WORKER_LABELS)})"),
+             f"sum({gauge('celery_worker_up', WORKER_LABELS)})"),
         stat("Workers lost", "Workers that stopped heartbeating without a clean shutdown, "
-             "in the time range.", f"sum(increase({sel('celery_worker_lost_total')}[{RANGE}]))"),
+             "in the time range.", f"sum({increase('celery_worker_lost_total')})"),
         stat("Messages waiting", "Ready messages in the selected queues.",
-             f"sum({sel('celery_queue_messages', QUEUE_LABELS)})"),
+             f"sum({gauge('celery_queue_messages', QUEUE_LABELS)})"),
         row("Tasks"),
         timeseries("Throughput", "Task lifecycle events per second (one counter per event).",
                    [target(f"sum({rate(f'celery_task_{e}_total')})", e) for e in LIFECYCLE], "ops"),
@@ -178,26 +199,25 @@ def overview() -> tuple[str, list[dict]]:
                    quantiles("celery_task_runtime_seconds", "task"), "s"),
         panel("bargauge", "Failures by task and exception", "Failed tasks in the time range, "
               "top 10 task and exception pairs.",
-              [target(f"topk(10, sum by (task, exception) (increase("
-                      f"{sel('celery_task_exceptions_total', TASK_LABELS)}[{RANGE}])))",
+              [target(f"topk(10, sum by (task, exception) ("
+                      f"{increase('celery_task_exceptions_total', TASK_LABELS)}))",
                       "{{task}}: {{exception}}", instant=True)]),
         row("Queues"),
         timeseries("Messages waiting by queue", "Ready messages in the broker queue.",
-                   [target(f"sum by (queue) ({sel('celery_queue_messages', QUEUE_LABELS)})",
+                   [target(f"sum by (queue) ({gauge('celery_queue_messages', QUEUE_LABELS)})",
                            "{{queue}}")]),
         timeseries("Queue wait by queue", "Time from task-sent (or ETA) to task-started.",
                    quantiles("celery_task_queue_wait_seconds", "queue")[:2], "s"),
         row("Workers"),
         timeseries("Workers", "Up, cleanly shut down (worker-offline) and lost (silent "
                    "without worker-offline), while the exporter keeps their series.", [
-                       target(f"sum({sel('celery_worker_up', WORKER_LABELS)})", "up"),
-                       target(f"sum({sel('celery_worker_offline', WORKER_LABELS)})",
+                       target(f"sum({gauge('celery_worker_up', WORKER_LABELS)})", "up"),
+                       target(f"sum({gauge('celery_worker_offline', WORKER_LABELS)})",
                               "shut down cleanly"),
-                       target(f"sum((1 - {sel('celery_worker_up', WORKER_LABELS)}) * "
-                              f"(1 - {sel('celery_worker_offline', WORKER_LABELS)}))", "lost"),
+                       target(f"sum({once(f'(1 - {_UP}) * (1 - {_OFFLINE})')})", "lost"),
                    ]),
         timeseries("Tasks executing by worker", "From the active field of worker heartbeats.",
-                   [target(f"sum by (worker) ({sel('celery_worker_tasks_active', WORKER_LABELS)})",
+                   [target(f"sum by (worker) ({gauge('celery_worker_tasks_active', WORKER_LABELS)})",
                            "{{worker}}")]),
         *exporter_health(),
     ]
@@ -227,7 +247,7 @@ def exporter_health() -> list[dict]:
                    [target(f"max by (collector) ({sel('celery_stalk_collector_duration_seconds')})",
                            "{{collector}}")], "s", w=8),
         stat("Tracked tasks", "Tasks in flight kept to join events (bounded).",
-             f"sum({sel('celery_stalk_tracked_tasks')})"),
+             f"sum({gauge('celery_stalk_tracked_tasks')})"),
         stat("Last event", "Seconds since the exporter last applied an event.",
              f"time() - max({sel('celery_stalk_last_event_timestamp_seconds')})", "s"),
         stat("Collectors failing", "Collectors that failed in the last scrape.",
@@ -243,7 +263,7 @@ def task() -> tuple[str, list[dict]]:
     succeeded = f"sum({rate('celery_task_succeeded_total')})"
 
     def totals(metric: str) -> str:
-        return f"sum by (task, queue) (increase({sel(metric, TASK_LABELS)}[{RANGE}]))"
+        return f"sum by (task, queue) ({increase(metric, TASK_LABELS)})"
 
     return "Celery / Task", [
         row("Selected tasks"),
@@ -288,15 +308,17 @@ def queue() -> tuple[str, list[dict]]:
     def by_queue(metric: str) -> str:
         return f"sum by (queue) ({rate(metric, QUEUE_LABELS)})"
 
+    deriv_messages = f"deriv({sel('celery_queue_messages', QUEUE_LABELS)}[{RATE}])"
+
     return "Celery / Queue", [
         row("Selected queues"),
         timeseries("Messages waiting", "Ready messages in the broker queue (Redis: the list and "
                    "its priority sub-lists).",
-                   [target(f"sum by (queue) ({sel('celery_queue_messages', QUEUE_LABELS)})",
+                   [target(f"sum by (queue) ({gauge('celery_queue_messages', QUEUE_LABELS)})",
                            "{{queue}}")]),
         timeseries("Consumers", "Consumers attached to the queue. RabbitMQ only: Redis cannot "
                    "tell, see Arrivals and consumption instead.",
-                   [target(f"sum by (queue) ({sel('celery_queue_consumers', QUEUE_LABELS)})",
+                   [target(f"sum by (queue) ({gauge('celery_queue_consumers', QUEUE_LABELS)})",
                            "{{queue}}")]),
         timeseries("Arrivals and consumption", "Tasks sent to the queue, and received and "
                    "started by workers, per second.", [
@@ -306,15 +328,13 @@ def queue() -> tuple[str, list[dict]]:
                    ], "ops"),
         timeseries("Backlog trend", "Change of the queue depth per minute: above zero, tasks "
                    "arrive faster than workers take them.",
-                   [target(f"sum by (queue) (deriv({sel('celery_queue_messages', QUEUE_LABELS)}"
-                           f"[{RATE}])) * 60", "{{queue}}")]),
+                   [target(f"sum by (queue) ({once(deriv_messages)}) * 60", "{{queue}}")]),
         timeseries("Queue wait", "Time from task-sent (or ETA) to task-started.",
                    quantiles("celery_task_queue_wait_seconds", "queue", QUEUE_LABELS), "s"),
         timeseries("Failure ratio by queue", "Terminal failures over finished tasks.",
                    [target(failure_ratio("queue"), "{{queue}}")], "percentunit"),
         table("Tasks sent in the time range", "Tasks sent per queue and task.", {
-            "sent": f"sum by (queue, task) (increase("
-                    f"{sel('celery_task_sent_total', TASK_LABELS)}[{RANGE}]))",
+            "sent": f"sum by (queue, task) ({increase('celery_task_sent_total', TASK_LABELS)})",
         }),
     ]
 
@@ -323,17 +343,17 @@ def worker() -> tuple[str, list[dict]]:
     up, offline = _UP, _OFFLINE
     return "Celery / Worker", [
         row("Selected workers"),
-        stat("Up", "Workers whose heartbeats arrive.", f"sum({up})"),
+        stat("Up", "Workers whose heartbeats arrive.", f"sum({once(up)})"),
         stat("Shut down cleanly", "Workers that sent worker-offline, until forgotten.",
-             f"sum({offline})"),
+             f"sum({once(offline)})"),
         stat("Lost", "Workers silent without worker-offline, until forgotten.",
-             f"sum((1 - {up}) * (1 - {offline}))"),
+             f"sum({once(f'(1 - {up}) * (1 - {offline})')})"),
         stat("Lost in the time range", "All workers lost, including forgotten ones.",
-             f"sum(increase({sel('celery_worker_lost_total')}[{RANGE}]))"),
+             f"sum({increase('celery_worker_lost_total')})"),
         panel("state-timeline", "Worker state", "Up, shut down cleanly or lost.",
               [target(WORKER_STATE, "{{worker}}")], w=24, mappings=WORKER_STATE_MAPPINGS),
         timeseries("Tasks executing", "From the active field of worker heartbeats.",
-                   [target(f"sum by (worker) ({sel('celery_worker_tasks_active', WORKER_LABELS)})",
+                   [target(f"sum by (worker) ({gauge('celery_worker_tasks_active', WORKER_LABELS)})",
                            "{{worker}}")]),
         timeseries("Heartbeat age", "Seconds since the exporter last heard from the worker.",
                    [target(HEARTBEAT_AGE, "{{worker}}")], "s"),
@@ -392,7 +412,8 @@ def dashboard(uid: str, title: str, panels: list[dict], c: Config) -> dict:
     return {
         "uid": uid,
         "title": title,
-        "description": "celery-stalk: Celery tasks, queues and workers. Generated by mixin/.",
+        "description": "celery-stalk: Celery tasks, queues and workers. Generated by "
+                       "celery-stalk mixin.",
         "tags": TAGS,
         "editable": True,
         "graphTooltip": 1,
@@ -411,6 +432,7 @@ def dashboard(uid: str, title: str, panels: list[dict], c: Config) -> dict:
 
 def dashboards(c: Config) -> dict[str, dict]:
     """Dashboards by file name (without .json)."""
+    _REPLICAS[:] = c.replica_labels
     built = {}
     for name, make in (("celery-overview", overview), ("celery-task", task),
                        ("celery-queue", queue), ("celery-worker", worker)):
