@@ -36,7 +36,7 @@ def test_selector_and_thresholds_from_flags_and_a_file_reach_every_file(tmp_path
                    "--exporter-down-for", "3m", "--out", str(out))
     assert result.returncode == 0, result.stderr
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert written == sorted(render(DEFAULT)), written
+    assert written == sorted(render(DEFAULT, compat=())), written  # no compat unless asked
 
     rules_text = (out / RULES).read_text()
     rules = alerting(rules_text)
@@ -54,6 +54,23 @@ def test_selector_and_thresholds_from_flags_and_a_file_reach_every_file(tmp_path
     check = subprocess.run([shutil.which("promtool"), "check", "rules", str(out / RULES)],
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_compat_rules_are_written_on_request_with_the_selector(tmp_path):
+    result = mixin("--selector", 'job="celery"', "--compat", "celery-exporter,flower",
+                   "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    for name in ("celery-exporter", "flower"):
+        text = (tmp_path / f"alerts/compat/{name}.rules.yml").read_text()
+        assert 'job="celery"' in text and 'job="celery-stalk"' not in text
+        check = subprocess.run([shutil.which("promtool"), "check", "rules",
+                                str(tmp_path / f"alerts/compat/{name}.rules.yml")],
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+    bad = mixin("--compat", "flower,prometheus-celery", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "'prometheus-celery' unknown: choose from celery-exporter, flower" in bad.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_check_reports_drift_and_writes_nothing(tmp_path):

@@ -46,10 +46,22 @@ def settings_options(command):
               help="YAML file of settings: a mapping of the flag names (with - or _) to values.")
 @click.option("--check", is_flag=True,
               help="Write nothing: list the files under --out that differ, exit 1 if any do.")
+@click.option("--compat", default="", metavar="NAMES",
+              help="Also write compatibility recording rules that publish another exporter's "
+                   "metric names from ours (alerts/compat/), comma-separated: celery-exporter, "
+                   "flower. See docs/migrating.md.")
 @settings_options
-def mixin(out: Path, config_file: Path | None, check: bool, **settings):
+def mixin(out: Path, config_file: Path | None, check: bool, compat: str, **settings):
     """Write the Prometheus rules, runbook and Grafana dashboards for your settings."""
+    from .compat import COMPAT
+
     values: dict = {}
+    names = tuple(name.strip() for name in compat.split(",") if name.strip())
+    unknown = [name for name in names if name not in COMPAT]
+    if unknown:
+        click.echo(f"celery-stalk: error: --compat: {', '.join(map(repr, unknown))} unknown: "
+                   f"choose from {', '.join(COMPAT)}", err=True)
+        sys.exit(2)
     try:
         if config_file is not None:
             values.update(_read_settings(config_file))
@@ -62,7 +74,7 @@ def mixin(out: Path, config_file: Path | None, check: bool, **settings):
 
     from . import render, write  # imported late: --help and bad flags stay fast
 
-    stale = write(render(config), out, check=check)
+    stale = write(render(config, compat=names), out, check=check)
     for path in stale:
         click.echo(f"{'differs' if check else 'wrote'} {out / path}")
     if check and stale:

@@ -39,7 +39,10 @@ TASK_EVENTS = ("sent", "received", "started", "succeeded", "failed", "retried", 
 
 
 def _sel(c: Config, metric: str, *matchers: str) -> str:
-    return f"{metric}{{{', '.join((c.selector, *matchers))}}}"
+    """One series per condition however many exporters of an HA pair watch the broker:
+    they count the same events, so the larger is the one that has not restarted."""
+    series = f"{metric}{{{', '.join((c.selector, *matchers))}}}"
+    return f"max without ({', '.join(c.replica_labels)}) ({series})"
 
 
 def _indent(text: str) -> str:
