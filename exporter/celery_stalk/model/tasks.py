@@ -11,12 +11,15 @@ from __future__ import annotations
 from .fields import BAD_VALUE, MAX_DURATION, label_refusal, number, runnable_from
 from .labels import UNKNOWN, exception_class, label_value
 from .ledger import Labels, TaskLedger
+from .beat import BeatTracker
 from .routes import TaskRoutes
 from .tracker import TaskTracker, TrackedTask
+from .workflows import REJECTED, REVOKED, WorkflowTracker
 
 
 class TaskEvents:
-    def __init__(self, ledger: TaskLedger, tracker: TaskTracker, routes: TaskRoutes):
+    def __init__(self, ledger: TaskLedger, tracker: TaskTracker, routes: TaskRoutes,
+                 workflows: WorkflowTracker, beat: BeatTracker):
         self.ledger = ledger
         # The counters of the events every task has, counted inline (the hot path).
         self._sent = ledger.counters["task-sent"]
@@ -25,6 +28,11 @@ class TaskEvents:
         self._succeeded = ledger.counters["task-succeeded"]
         self.tracker = tracker
         self.routes = routes
+        # Workflows (tasks sharing a root_id) and beat runs are followed from
+        # task-sent/received and the end of each task; cheap checks here keep
+        # tasks that are neither (most of them) off their paths.
+        self.workflows = workflows
+        self.beat = beat
         # The queue a task name was last sent to: the fallback for tasks whose
         # own task-sent event was not seen.
         self.queue_of_name: dict[str, str] = {}
@@ -79,6 +87,11 @@ class TaskEvents:
         counter[labels] = counter.get(labels, 0) + 1
         if task.started is not None:  # task-started overtook task-sent
             self._observe_wait(task, labels)
+        root = event.get("root_id")
+        if root != task_id or self.workflows.awaiting:
+            self.workflows.seen(task_id, root, task, event, now)
+        if event["name"] in self.beat.by_task:
+            self.beat.run(task_id, event, now)
         return None
 
     def on_received(self, task_id: str, event: dict, now: float) -> str | None:
@@ -92,6 +105,11 @@ class TaskEvents:
         labels = self.labels("task-received", task)
         counter = self._received
         counter[labels] = counter.get(labels, 0) + 1
+        root = event.get("root_id")
+        if root != task_id or self.workflows.awaiting:
+            self.workflows.seen(task_id, root, task, event, now)
+        if name in self.beat.by_task:
+            self.beat.run(task_id, event, now)
         return None
 
     def on_started(self, task_id: str, event: dict, now: float) -> str | None:
@@ -118,20 +136,24 @@ class TaskEvents:
         self.ledger.observe_wait(labels, wait)
 
     def on_succeeded(self, task_id: str, event: dict, now: float) -> str | None:
-        labels = self.labels("task-succeeded", self.tracker.pop(task_id))
+        task = self.tracker.pop(task_id)
+        labels = self.labels("task-succeeded", task)
         counter = self._succeeded
         counter[labels] = counter.get(labels, 0) + 1
         runtime = number(event.get("runtime"))
         if runtime is not None and runtime <= MAX_DURATION:
             self.ledger.observe_runtime(labels, max(runtime, 0.0))
+        self.workflows.done(task_id, task, event, None, now)
         return None
 
     def on_failed(self, task_id: str, event: dict, now: float) -> str | None:
         ledger = self.ledger
-        labels = self.labels("task-failed", self.tracker.pop(task_id))
+        task = self.tracker.pop(task_id)
+        labels = self.labels("task-failed", task)
         ledger.count("task-failed", labels)
         exception = ledger.exception_names.admit(exception_class(event.get("exception")), now)
         ledger.count_exception(labels, exception)
+        self.workflows.done(task_id, task, event, exception, now)
         return None
 
     def on_retried(self, task_id: str, event: dict, now: float) -> str | None:
@@ -148,11 +170,14 @@ class TaskEvents:
                 task.started = None
         else:
             task = self.tracker.pop(task_id)
+            self.workflows.done(task_id, task, event, REJECTED, now)
         self.ledger.count("task-rejected", self.labels("task-rejected", task))
         return None
 
     def on_revoked(self, task_id: str, event: dict, now: float) -> str | None:
-        self.ledger.count("task-revoked", self.labels("task-revoked", self.tracker.pop(task_id)))
+        task = self.tracker.pop(task_id)
+        self.ledger.count("task-revoked", self.labels("task-revoked", task))
+        self.workflows.done(task_id, task, event, REVOKED, now)
         return None
 
     def _forget_task(self, name: str) -> None:
