@@ -27,6 +27,7 @@ def next_due_function(sched) -> Callable[[float], float | None]:
     """``next_due(last_run)``: the first due time after a run at ``last_run``
     (seconds since the epoch), or None when the schedule will not run again."""
     clock = copy.copy(sched)
+    clock.app = sched.app  # a copy is rebuilt from the schedule's arguments: its app (timezone) too
 
     def next_due(last_run: float) -> float | None:
         at = datetime.fromtimestamp(last_run, timezone.utc)
