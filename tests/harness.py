@@ -132,10 +132,11 @@ class WorkerProcess:
     """A real Celery worker of tests/celery_app.py, started with events on (-E)."""
 
     def __init__(self, broker_url: str, nodename: str, queues: str = "work",
-                 pool: str = "prefork", concurrency: int = 2, transport_options: dict | None = None):
+                 pool: str = "prefork", concurrency: int = 2, transport_options: dict | None = None,
+                 app: str = "tests.celery_app", env: dict | None = None):
         self.nodename = nodename
         self.args = [
-            sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-E",
+            sys.executable, "-m", "celery", "-A", app, "worker", "-E",
             "-n", nodename, "-Q", queues, "-P", pool, "-c", str(concurrency),
             "--without-mingle", "--without-gossip", "-l", "WARNING",
         ]
@@ -144,6 +145,7 @@ class WorkerProcess:
             "STALK_TEST_BROKER": broker_url,
             "STALK_TEST_TRANSPORT_OPTIONS": json.dumps(transport_options or {}),
             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            **(env or {}),
         }
         self.log = tempfile.NamedTemporaryFile("w+", prefix="celery-worker-", suffix=".log")
         self.proc: subprocess.Popen | None = None

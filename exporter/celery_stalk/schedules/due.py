@@ -35,7 +35,7 @@ def next_due_function(sched) -> Callable[[float], float | None]:
         remaining = clock.remaining_estimate(at)
         if remaining is None:
             return None
-        return last_run + remaining.total_seconds()
+        return (at + remaining).timestamp()  # datetime arithmetic: a crontab's due time exact
 
     return next_due
 
