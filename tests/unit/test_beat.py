@@ -200,3 +200,20 @@ def test_redbeat_entries_decode_with_celerys_classes_and_the_zone_beat_wrote():
     assert interval.due == T0 and interval.next_due(T0) == T0 + 5
     assert reader.entry("redbeat:off", {**definition, "enabled": False}, {}, T0) is None
     assert datetime.fromtimestamp(T0, timezone.utc).minute == 0
+
+
+def test_no_run_is_missed_while_the_event_stream_is_down_and_entries_start_over_after():
+    m = model_for(app_with({"tick": {"task": "app.tick", "schedule": 10.0}}))
+    m.link_up(T0)
+    run_for(m, T0 + 20, [beat_sent("r0", "app.tick", T0 + 2), beat_sent("r1", "app.tick", T0 + 12)])
+    m.link_down()
+    m.tick(T0 + 100)  # beat may well have sent its runs: they could not be seen
+    assert entry(m, "tick").missed == 0
+    m.link_up(T0 + 100)
+    m.tick(T0 + 100)
+    view = entry(m, "tick")
+    assert view.missed == 0 and view.next_run == T0 + 110
+    m.apply(beat_sent("r2", "app.tick", T0 + 104), T0 + 104)  # beat's own phase: no duplicate
+    assert (entry(m, "tick").duplicates, entry(m, "tick").runs) == (0, 3)
+    m.tick(T0 + 114 + GRACE + 1)
+    assert entry(m, "tick").missed == 1

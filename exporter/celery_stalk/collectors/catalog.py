@@ -103,6 +103,10 @@ CATALOG: dict[str, Metric] = {
         Metric("celery_beat_entry_next_run_timestamp_seconds", "gauge", ("entry",),
                "When the entry is due next, from Celery's schedule classes (timezone as the app "
                "sets it) or RedBeat's schedule; absent when it will not run again."),
+        Metric("celery_beat_entry_last_missed_timestamp_seconds", "gauge", ("entry",),
+               "The due time of the entry's latest missed run (see "
+               "celery_beat_entry_missed_runs_total); absent until one is missed. Later than "
+               "its last run: the entry has not run since."),
         Metric("celery_beat_entry_runs_total", "counter", ("entry",),
                "Runs of the entry seen: task-sent (else task-received) events matching its task "
                "name and arguments; duplicates included."),

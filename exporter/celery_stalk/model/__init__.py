@@ -141,13 +141,16 @@ class Model:
         """The event stream is connected: liveness verdicts resume."""
         with self._lock:
             self.workers.link_up(now)
+            self.beat.link_up(now)
 
     def link_down(self) -> None:
         """The event stream is lost: keep every worker's last verdict until it is back,
-        and drop the open workflows, whose events are lost with it."""
+        drop the open workflows, whose events are lost with it, and count no beat run
+        missed, since none could be seen."""
         with self._lock:
             self.workers.link_down()
             self.workflows.link_down()
+            self.beat.link_down()
 
     def expected_event_interval(self) -> float | None:
         with self._lock:

@@ -24,7 +24,9 @@ For each entry, from the run's own timestamp (beat's clock):
   duplicate: a second beat, or the same task sent by hand with the same
   arguments.
 
-Until an entry's first run is seen (after a start or a schedule change) the
+While the event stream is down no run is counted missed (runs sent meanwhile
+cannot be seen); after it, entries past due start over as after a start. Until
+an entry's first run is seen (after a start or a schedule change) the
 exporter does not know when it last ran: its due time is the first one after
 the start (the upper bound for a healthy beat), and its first run, whenever it
 comes, is no duplicate.
@@ -67,7 +69,7 @@ class BeatEntry:
 
 class EntryState:
     __slots__ = ("entry", "label", "due", "last_run", "runs", "missed", "duplicates", "delay",
-                 "late_due", "anchored")
+                 "late_due", "last_missed", "anchored")
 
     def __init__(self, entry: BeatEntry, label: str, now: float):
         self.entry = entry
@@ -77,6 +79,7 @@ class EntryState:
         self.duplicates = 0
         self.delay = Histogram(len(DELAY_BUCKETS))
         self.late_due: float | None = None  # due time of the last missed run, until it runs
+        self.last_missed: float | None = None  # due time of the last missed run
         self.last_run = entry.last_run
         self.schedule(now)
 
@@ -139,7 +142,7 @@ class EntryState:
             if due is None or now <= due + grace:
                 return
             self.missed += 1
-            self.late_due = due
+            self.late_due = self.last_missed = due
             following = self.next_due(due)
             self.due = following if following is not None and following > due else None
 
@@ -150,6 +153,7 @@ class BeatEntryView:
     schedule: str
     last_run: float | None
     next_run: float | None
+    last_missed: float | None
     runs: int
     missed: int
     duplicates: int
@@ -173,6 +177,7 @@ class BeatTracker:
         self.by_task: dict[str, list[EntryState]] = {}
         self.recent_runs: dict[str, None] = {}  # task ids, oldest first
         self.schedule_up: bool | None = None
+        self.linked = True  # runs can be seen: the event stream is up
         # Counts of entries dropped from the schedule, kept so the OTHER series stay monotonic.
         self._other_runs = self._other_missed = self._other_duplicates = 0
         self._other_delay = Histogram(len(DELAY_BUCKETS))
@@ -234,9 +239,25 @@ class BeatTracker:
         state.ran(now if at is None else at)
 
     def tick(self, now: float) -> None:
+        if not self.linked:  # runs sent now cannot be seen: none counts as missed
+            return
         grace = self.grace
         for state in self.entries.values():
             state.check(now, grace)
+
+    def link_down(self) -> None:
+        self.linked = False
+
+    def link_up(self, now: float) -> None:
+        """Back from an outage of the event stream: runs due meanwhile may have been sent
+        unseen, so entries past due start over from now, as after a start."""
+        if not self.linked:
+            for state in self.entries.values():
+                if state.due is not None and state.due + self.grace < now:
+                    state.due = state.next_due(now)
+                    state.anchored = False
+                    state.late_due = None
+        self.linked = True
 
     def schedule_read(self, ok: bool) -> None:
         self.schedule_up = ok
@@ -245,7 +266,7 @@ class BeatTracker:
 
     def snapshot(self) -> BeatSnapshot:
         views: dict[str, BeatEntryView] = {}
-        other = BeatEntryView("", "", None, None, self._other_runs, self._other_missed,
+        other = BeatEntryView("", "", None, None, None, self._other_runs, self._other_missed,
                               self._other_duplicates, self._other_delay.copy())
         for state in self.entries.values():
             if state.label == OTHER:
@@ -258,7 +279,8 @@ class BeatTracker:
                 continue
             entry = state.entry
             views[state.label] = BeatEntryView(entry.task, entry.schedule, state.last_run,
-                                               state.due, state.runs, state.missed,
+                                               state.due, state.last_missed, state.runs,
+                                               state.missed,
                                                state.duplicates, state.delay.copy())
         if any(s.label == OTHER for s in self.entries.values()) or other.runs or other.missed:
             views[OTHER] = other
