@@ -213,10 +213,9 @@ class BeatTracker:
             if name not in kept and state.label == OTHER:
                 self._keep_other(state)
         self.entries = kept
-        by_task: dict[str, list[EntryState]] = {}
+        self.by_task.clear()  # in place: TaskEvents holds it
         for state in kept.values():
-            by_task.setdefault(state.entry.task, []).append(state)
-        self.by_task = by_task
+            self.by_task.setdefault(state.entry.task, []).append(state)
         return refused
 
     def run(self, task_id: str, event: dict, now: float) -> None:

@@ -32,7 +32,9 @@ class TaskEvents:
         # task-sent/received and the end of each task; cheap checks here keep
         # tasks that are neither (most of them) off their paths.
         self.workflows = workflows
+        self.awaiting = workflows.awaiting  # roots whose children came first (kept, never replaced)
         self.beat = beat
+        self.periodic = beat.by_task  # task names in the beat schedule (updated in place)
         # The queue a task name was last sent to: the fallback for tasks whose
         # own task-sent event was not seen.
         self.queue_of_name: dict[str, str] = {}
@@ -88,9 +90,9 @@ class TaskEvents:
         if task.started is not None:  # task-started overtook task-sent
             self._observe_wait(task, labels)
         root = event.get("root_id")
-        if root != task_id or self.workflows.awaiting:
+        if root != task_id or self.awaiting:
             self.workflows.seen(task_id, root, task, event, now)
-        if event["name"] in self.beat.by_task:
+        if self.periodic and event["name"] in self.periodic:
             self.beat.run(task_id, event, now)
         return None
 
@@ -106,9 +108,9 @@ class TaskEvents:
         counter = self._received
         counter[labels] = counter.get(labels, 0) + 1
         root = event.get("root_id")
-        if root != task_id or self.workflows.awaiting:
+        if root != task_id or self.awaiting:
             self.workflows.seen(task_id, root, task, event, now)
-        if name in self.beat.by_task:
+        if self.periodic and name in self.periodic:
             self.beat.run(task_id, event, now)
         return None
 
@@ -143,7 +145,11 @@ class TaskEvents:
         runtime = number(event.get("runtime"))
         if runtime is not None and runtime <= MAX_DURATION:
             self.ledger.observe_runtime(labels, max(runtime, 0.0))
-        self.workflows.done(task_id, task, event, None, now)
+        workflows = self.workflows
+        if task_id in workflows.member_of:
+            workflows.done(task_id, task, event, None, now)
+        else:  # in no workflow (yet): remembered in case its children come late
+            workflows.recent[task_id] = task
         return None
 
     def on_failed(self, task_id: str, event: dict, now: float) -> str | None:

@@ -25,7 +25,9 @@ was never seen (the exporter started mid-workflow, or the root's events were
 lost), tasks that arrive after their workflow settled, and tasks of a workflow
 dropped to stay within the bounds. A root that finished without a child yet is
 remembered for ``settle`` seconds, so a child whose first event comes late
-(task-received without task-sent events) still joins it.
+(task-received without task-sent events) still joins it. Without task-sent
+events, a step that waits in a queue longer than ``settle`` is first seen after
+its workflow settled, and counts as an orphan.
 
 Bounded: at most ``max_workflows`` open workflows and ``max_tracked_tasks``
 tasks in them; past either, the oldest open workflow is dropped (counted in
@@ -90,6 +92,9 @@ class WorkflowSnapshot:
     workflow_orphan_tasks: int
 
 
+_NOT_FOUND = object()
+
+
 def _first_seen(task: TrackedTask) -> float | None:
     return task.sent if task.sent is not None else task.started
 
@@ -108,11 +113,12 @@ class WorkflowTracker:
         self.member_of: dict[str, Workflow] = {}  # task id -> its workflow, while in flight
         self.members = 0  # tasks of open workflows, in flight or not
         self.idle: deque[tuple[float, Workflow]] = deque()
-        # Tasks finished outside any workflow, for settle seconds: (name, started,
-        # failure, finished at (exporter's clock), finish timestamp). Two
-        # generations, so aging them out is O(1).
-        self.recent: dict[str, tuple] = {}
-        self.recent_old: dict[str, tuple] = {}
+        # Tasks finished outside any workflow, kept for settle to twice settle seconds
+        # in two generations (aging them out is O(1)): their TrackedTask (succeeded,
+        # set by TaskEvents itself: the hot path), or (TrackedTask, failure, finish
+        # timestamp) for the other ends.
+        self.recent: dict[str, object] = {}
+        self.recent_old: dict[str, object] = {}
         self.recent_since = -math.inf
         self.recent_limit = max(1, settings.max_tracked_tasks // 2)
         # Output.
@@ -146,15 +152,11 @@ class WorkflowTracker:
 
     def done(self, task_id: str, task: TrackedTask | None, event: dict, failure: str | None,
              now: float) -> None:
-        """A task finished for good (succeeded, failed, rejected, revoked)."""
+        """A task finished for good (succeeded, failed, rejected, revoked). TaskEvents
+        keeps succeeded tasks in no workflow in ``recent`` itself, without this call."""
         workflow = self.member_of.pop(task_id, None)
         if workflow is None:  # in no workflow (yet): its children may still come
-            recent = self.recent
-            recent[task_id] = (task.name if task is not None else None,
-                               _first_seen(task) if task is not None else None,
-                               failure, now, event.get("timestamp"))
-            if len(recent) >= self.recent_limit:
-                self._age_recent(now)
+            self.recent[task_id] = (task, failure, event.get("timestamp"))
             return
         self._finished(workflow, task_id, task.name if task is not None else None,
                        failure, event.get("timestamp"), now)
@@ -166,7 +168,7 @@ class WorkflowTracker:
             since, workflow = idle.popleft()
             if workflow.open and workflow.in_flight == 0 and workflow.idle_since == since:
                 self._close(workflow)
-        if now - self.recent_since >= self.settle:
+        if now - self.recent_since >= self.settle or len(self.recent) >= self.recent_limit:
             self._age_recent(now)
 
     def link_down(self) -> None:
@@ -194,9 +196,9 @@ class WorkflowTracker:
             self._join(workflow, root, now)
             self._count_start(workflow, event)
             return workflow
-        finished = self._recently_finished(root, now)
+        finished = self._recently_finished(root)
         if finished is not None and finished[0] is not None:  # the root finished already
-            name, started, failure, _, ended = finished
+            name, started, failure, ended = finished
             workflow = self.open[root] = Workflow(root, name, started)
             workflow.members[root] = False
             self.members += 1
@@ -214,11 +216,11 @@ class WorkflowTracker:
         root = workflow.root
         workflow.name = task.name or UNKNOWN
         workflow.started = _first_seen(task)
-        finished = self._recently_finished(root, now)
+        finished = self._recently_finished(root)
         if finished is not None:  # its end overtook its start
             workflow.members[root] = False
             self.members += 1
-            self._end_at(workflow, finished[4])
+            self._end_at(workflow, finished[3])
             if finished[2] is not None:
                 workflow.failures.append((workflow.name, finished[2]))
         elif root not in workflow.members:
@@ -229,11 +231,11 @@ class WorkflowTracker:
             self._fail(workflow, task_name, exception)
 
     def _join(self, workflow: Workflow, task_id: str, now: float) -> None:
-        finished = self._recently_finished(task_id, now)
+        finished = self._recently_finished(task_id)
         self.members += 1
         if finished is not None:  # its end came before its start: already done
             workflow.members[task_id] = False
-            self._end_at(workflow, finished[4])
+            self._end_at(workflow, finished[3])
             if finished[2] is not None:
                 self._fail(workflow, finished[0] or UNKNOWN, finished[2])
             if workflow.in_flight == 0 and workflow.idle_since is None:
@@ -308,13 +310,19 @@ class WorkflowTracker:
 
     # -- tasks finished outside a workflow -------------------------------------
 
-    def _recently_finished(self, task_id: str, now: float) -> tuple | None:
-        finished = self.recent.pop(task_id, None)
-        if finished is None:
-            finished = self.recent_old.pop(task_id, None)
-        if finished is not None and now - finished[3] <= self.settle:
-            return finished
-        return None
+    def _recently_finished(self, task_id: str) -> tuple | None:
+        """(name, started, failure, finish timestamp) of a task finished in no workflow."""
+        finished = self.recent.pop(task_id, _NOT_FOUND)
+        if finished is _NOT_FOUND:
+            finished = self.recent_old.pop(task_id, _NOT_FOUND)
+            if finished is _NOT_FOUND:
+                return None
+        failure = ended = None
+        if type(finished) is tuple:
+            finished, failure, ended = finished
+        if finished is None:  # its end was its first event
+            return None, None, failure, ended
+        return finished.name, _first_seen(finished), failure, ended
 
     def _age_recent(self, now: float) -> None:
         self.recent_old, self.recent = self.recent, {}
