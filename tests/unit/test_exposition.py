@@ -76,6 +76,7 @@ def busy_model() -> Model:
     model.apply_many(events, 1000.0)
     model.set_beat_schedule([BeatEntry("nightly-report", "app.report", "()", "{}",
                                        "every 60 s", next_due=lambda t: t + 60)], 1000.0)
+    model.beat_schedule_read(True)  # as after a read of RedBeat's keys
     model.apply_many([*ev.chain(["c1", "c2"], ["app.fetch", "app.store"], t0=1000.0),
                       *ev.lifecycle("r1", "app.report", t0=1001.0),
                       ev.sent("o1", "app.open", root_id="o1"),

@@ -160,7 +160,7 @@ CATALOG: dict[str, Metric] = {
                "already settled or was dropped."),
         Metric("celery_stalk_beat_schedule_up", "gauge", (),
                "1 if the last read of the beat schedule (RedBeat's keys) succeeded, else 0 (the "
-               "schedule read before is kept). Absent without a schedule."),
+               "schedule read before is kept). Absent when the schedule comes from the app."),
         Metric("celery_stalk_broker_up", "gauge", (),
                "1 if this scrape's queue depth read from the broker succeeded, else 0."),
         Metric("celery_stalk_events_connected", "gauge", (),

@@ -167,14 +167,13 @@ class Model:
     def set_beat_schedule(self, entries: list[BeatEntry], now: float) -> list[str]:
         """The beat schedule, read from the app or RedBeat; returns entry names refused."""
         with self._lock:
-            refused = self.beat.set_schedule(entries, now)
-            self.beat.schedule_read(True)
-            return refused
+            return self.beat.set_schedule(entries, now)
 
-    def beat_schedule_failed(self) -> None:
-        """The schedule could not be read this time: the last one read is kept."""
+    def beat_schedule_read(self, ok: bool) -> None:
+        """Whether a schedule source that can fail (RedBeat) was read this time; when it
+        was not, the schedule read before is kept."""
         with self._lock:
-            self.beat.schedule_read(False)
+            self.beat.schedule_read(ok)
 
     def learn_queues(self, names: list[str], now: float) -> None:
         """Queues found on the broker (Redis bindings), so they are always read."""

@@ -33,10 +33,11 @@ class ScheduleRefresher:
                 log.warning("cannot read the beat schedule from RedBeat (%s: %s); keeping the "
                             "last one read", type(exc).__name__, exc)
             self._failing = True
-            self.model.beat_schedule_failed()
+            self.model.beat_schedule_read(False)
             return
         if self._failing:
             log.info("reading the beat schedule from RedBeat again")
         self._failing = False
         for name in self.model.set_beat_schedule(entries, time.time()):
             log.warning("beat entry %r cannot be a label value: not followed", name)
+        self.model.beat_schedule_read(True)
