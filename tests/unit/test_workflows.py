@@ -139,17 +139,25 @@ def test_children_before_the_root_and_ends_before_starts_still_make_one_workflow
     assert snap.workflows_in_flight == {}  # c is not left in flight
 
 
-def test_a_child_first_seen_after_its_root_finished_joins_it_within_the_settle_period():
+def test_without_task_sent_events_a_child_is_followed_only_if_received_while_its_root_runs():
     """Without task-sent events a step is first seen when a worker receives it."""
     m = model()
-    apply(m, [ev.received("a", "app.fetch", at=100.0), ev.started("a", at=100.1),
-              ev.succeeded("a", at=100.5)], 100.5)
-    apply(m, [ev.received("b", "app.parse", at=101.0, root_id="a", parent_id="a"),
-              ev.started("b", at=101.1), ev.succeeded("b", at=102.0)], 100.5 + SETTLE - 1)
+    apply(m, [ev.received("a", "app.fan_out", at=100.0), ev.started("a", at=100.1),
+              ev.received("b", "app.part", at=100.5, root_id="a", parent_id="a"),
+              ev.succeeded("a", at=100.8), ev.started("b", at=101.1),
+              ev.succeeded("b", at=102.0)], 100.5)
     snap = settled(m, 105.0)
-    assert snap.workflows_finished == {("app.fetch", "succeeded"): 1}
+    assert snap.workflows_finished == {("app.fan_out", "succeeded"): 1}
     # without the root's task-sent, the workflow starts when the root started (100.1)
-    assert snap.workflow_duration["app.fetch"].total == pytest.approx(102.0 - 100.1)
+    assert snap.workflow_duration["app.fan_out"].total == pytest.approx(102.0 - 100.1)
+    # a chain's next step is received after the step before it finished: not followed
+    apply(m, [ev.received("x", "app.fetch", at=200.0), ev.started("x", at=200.1),
+              ev.succeeded("x", at=200.5),
+              ev.received("y", "app.parse", at=201.0, root_id="x", parent_id="x"),
+              ev.started("y", at=201.1), ev.succeeded("y", at=202.0)], 201.0)
+    snap = settled(m, 202.0)
+    assert "app.fetch" not in snap.workflows_started
+    assert snap.workflow_orphan_tasks == 1
 
 
 def test_starting_mid_workflow_counts_its_tasks_as_orphans_not_a_workflow():

@@ -145,11 +145,8 @@ class TaskEvents:
         runtime = number(event.get("runtime"))
         if runtime is not None and runtime <= MAX_DURATION:
             self.ledger.observe_runtime(labels, max(runtime, 0.0))
-        workflows = self.workflows
-        if task_id in workflows.member_of:
-            workflows.done(task_id, task, event, None, now)
-        else:  # in no workflow (yet): remembered in case its children come late
-            workflows.recent[task_id] = task
+        if task is None or task_id in self.workflows.member_of:  # else: in no workflow
+            self.workflows.done(task_id, task, event, None, now)
         return None
 
     def on_failed(self, task_id: str, event: dict, now: float) -> str | None:

@@ -23,11 +23,13 @@ label, so it is capped with task names).
 What cannot be followed is counted, not guessed (``orphans``): tasks whose root
 was never seen (the exporter started mid-workflow, or the root's events were
 lost), tasks that arrive after their workflow settled, and tasks of a workflow
-dropped to stay within the bounds. A root that finished without a child yet is
-remembered for ``settle`` seconds, so a child whose first event comes late
-(task-received without task-sent events) still joins it. Without task-sent
-events, a step that waits in a queue longer than ``settle`` is first seen after
-its workflow settled, and counts as an orphan.
+dropped to stay within the bounds. A child's task-sent is published by the task
+that sends it, before that task finishes, so it comes first; without task-sent
+events from the workers, a child is first seen when a worker receives it, maybe
+after its root finished and was forgotten, and counts as an orphan. Nothing is
+kept for the many tasks that are in no workflow, except for a task whose end
+came before any other event of it: it is remembered for ``settle`` seconds, so
+that its late task-sent does not leave it in flight in a workflow forever.
 
 Bounded: at most ``max_workflows`` open workflows and ``max_tracked_tasks``
 tasks in them; past either, the oldest open workflow is dropped (counted in
@@ -92,9 +94,6 @@ class WorkflowSnapshot:
     workflow_orphan_tasks: int
 
 
-_NOT_FOUND = object()
-
-
 def _first_seen(task: TrackedTask) -> float | None:
     return task.sent if task.sent is not None else task.started
 
@@ -113,12 +112,11 @@ class WorkflowTracker:
         self.member_of: dict[str, Workflow] = {}  # task id -> its workflow, while in flight
         self.members = 0  # tasks of open workflows, in flight or not
         self.idle: deque[tuple[float, Workflow]] = deque()
-        # Tasks finished outside any workflow, kept for settle to twice settle seconds
-        # in two generations (aging them out is O(1)): their TrackedTask (succeeded,
-        # set by TaskEvents itself: the hot path), or (TrackedTask, failure, finish
-        # timestamp) for the other ends.
-        self.recent: dict[str, object] = {}
-        self.recent_old: dict[str, object] = {}
+        # Tasks that ended before any other event of theirs was seen, kept for settle
+        # to twice settle seconds in two generations (aging them out is O(1)):
+        # (failure, finish timestamp).
+        self.recent: dict[str, tuple] = {}
+        self.recent_old: dict[str, tuple] = {}
         self.recent_since = -math.inf
         self.recent_limit = max(1, settings.max_tracked_tasks // 2)
         # Output.
@@ -152,11 +150,12 @@ class WorkflowTracker:
 
     def done(self, task_id: str, task: TrackedTask | None, event: dict, failure: str | None,
              now: float) -> None:
-        """A task finished for good (succeeded, failed, rejected, revoked). TaskEvents
-        keeps succeeded tasks in no workflow in ``recent`` itself, without this call."""
+        """A task finished for good (succeeded, failed, rejected, revoked): TaskEvents
+        calls it for members of a workflow, and for tasks whose end is their first event."""
         workflow = self.member_of.pop(task_id, None)
-        if workflow is None:  # in no workflow (yet): its children may still come
-            self.recent[task_id] = (task, failure, event.get("timestamp"))
+        if workflow is None:
+            if task is None:  # its start may still come: it must not look in flight then
+                self.recent[task_id] = (failure, event.get("timestamp"))
             return
         self._finished(workflow, task_id, task.name if task is not None else None,
                        failure, event.get("timestamp"), now)
@@ -196,17 +195,6 @@ class WorkflowTracker:
             self._join(workflow, root, now)
             self._count_start(workflow, event)
             return workflow
-        finished = self._recently_finished(root)
-        if finished is not None and finished[0] is not None:  # the root finished already
-            name, started, failure, ended = finished
-            workflow = self.open[root] = Workflow(root, name, started)
-            workflow.members[root] = False
-            self.members += 1
-            self._end_at(workflow, ended)
-            self._count_start(workflow, event)
-            if failure is not None:
-                self._fail(workflow, name, failure)
-            return workflow
         # Not seen yet (late or lost): wait for the root's own event.
         workflow = self.open[root] = self.awaiting[root] = Workflow(root, None, None)
         return workflow
@@ -220,9 +208,9 @@ class WorkflowTracker:
         if finished is not None:  # its end overtook its start
             workflow.members[root] = False
             self.members += 1
-            self._end_at(workflow, finished[3])
-            if finished[2] is not None:
-                workflow.failures.append((workflow.name, finished[2]))
+            self._end_at(workflow, finished[1])
+            if finished[0] is not None:
+                workflow.failures.append((workflow.name, finished[0]))
         elif root not in workflow.members:
             self._join(workflow, root, now)
         self._count_start(workflow, event)
@@ -235,9 +223,9 @@ class WorkflowTracker:
         self.members += 1
         if finished is not None:  # its end came before its start: already done
             workflow.members[task_id] = False
-            self._end_at(workflow, finished[3])
-            if finished[2] is not None:
-                self._fail(workflow, finished[0] or UNKNOWN, finished[2])
+            self._end_at(workflow, finished[1])
+            if finished[0] is not None:
+                self._fail(workflow, UNKNOWN, finished[0])
             if workflow.in_flight == 0 and workflow.idle_since is None:
                 self._idle(workflow, now)
             return
@@ -311,18 +299,11 @@ class WorkflowTracker:
     # -- tasks finished outside a workflow -------------------------------------
 
     def _recently_finished(self, task_id: str) -> tuple | None:
-        """(name, started, failure, finish timestamp) of a task finished in no workflow."""
-        finished = self.recent.pop(task_id, _NOT_FOUND)
-        if finished is _NOT_FOUND:
-            finished = self.recent_old.pop(task_id, _NOT_FOUND)
-            if finished is _NOT_FOUND:
-                return None
-        failure = ended = None
-        if type(finished) is tuple:
-            finished, failure, ended = finished
-        if finished is None:  # its end was its first event
-            return None, None, failure, ended
-        return finished.name, _first_seen(finished), failure, ended
+        """(failure, finish timestamp) of a task that ended before it was seen starting."""
+        finished = self.recent.pop(task_id, None)
+        if finished is None:
+            finished = self.recent_old.pop(task_id, None)
+        return finished
 
     def _age_recent(self, now: float) -> None:
         self.recent_old, self.recent = self.recent, {}
