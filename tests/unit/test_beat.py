@@ -217,3 +217,36 @@ def test_no_run_is_missed_while_the_event_stream_is_down_and_entries_start_over_
     assert (entry(m, "tick").duplicates, entry(m, "tick").runs) == (0, 3)
     m.tick(T0 + 114 + GRACE + 1)
     assert entry(m, "tick").missed == 1
+
+
+def test_redbeat_flags_take_the_broker_url_and_name_the_fix_when_they_cannot():
+    from celery_stalk.config import Config, ConfigError
+
+    config = Config.parse(broker_url="redis://:s3cret@redis:6379/0", redbeat_key_prefix="redbeat:")
+    assert config.redbeat_url == "redis://:s3cret@redis:6379/0"
+    assert "s3cret" in config.secrets
+    other = Config.parse(broker_url="amqp://guest:guest@rabbit//", redbeat_key_prefix="rb:",
+                         redbeat_url="rediss://:pw2@cache:6380/1")
+    assert other.redbeat_url == "rediss://:pw2@cache:6380/1" and "pw2" in other.secrets
+    for flags, fix in (
+        ({"broker_url": "amqp://rabbit//", "redbeat_key_prefix": "redbeat:"}, "--redbeat-url"),
+        ({"broker_url": "redis://r/0", "redbeat_url": "redis://r/1"}, "--redbeat-key-prefix"),
+        ({"broker_url": "redis://r/0", "redbeat_key_prefix": "x", "redbeat_url": "http://r"},
+         "not a Redis URL"),
+    ):
+        with pytest.raises(ConfigError) as failed:
+            Config.parse(**flags)
+        assert len(failed.value.problems) == 1 and fix in failed.value.problems[0]
+
+
+def test_an_app_running_redbeat_is_read_from_redbeats_keys():
+    from celery_stalk.schedules import redbeat_from_app
+
+    app = app_with({"a": {"task": "app.a", "schedule": 5.0}})
+    assert redbeat_from_app(app) is None
+    app.conf.beat_scheduler = "redbeat.RedBeatScheduler"
+    app.conf.broker_url = "redis://broker:6379/0"
+    assert redbeat_from_app(app) == ("redbeat:", "redis://broker:6379/0")
+    app.conf.redbeat_key_prefix = "sched:"
+    app.conf.redbeat_redis_url = "redis://beat:6379/2"
+    assert redbeat_from_app(app) == ("sched:", "redis://beat:6379/2")
