@@ -93,11 +93,12 @@ def redbeat_refresher(config: Config, model: Model, timezone: str, stop: threadi
         return None
     from .schedules import RedBeatReader, ScheduleRefresher
 
+    url = config.redbeat_url or config.broker_url  # Config.parse sets it with the prefix
     ssl = None
-    if config.redbeat_url.startswith("rediss"):  # verified as for the broker, with its options
+    if url.startswith("rediss"):  # verified as for the broker, with its options
         files = {f"ssl_{k}": v for k, v in config.broker_ssl.items() if k != "cert_reqs"}
         ssl = {**files, "ssl_cert_reqs": config.broker_ssl.get("cert_reqs", "required")}
-    reader = RedBeatReader(config.redbeat_url, config.redbeat_key_prefix,
+    reader = RedBeatReader(url, config.redbeat_key_prefix,
                            timeout=config.queue_read_timeout, ssl=ssl, default_timezone=timezone)
     return ScheduleRefresher(reader, model, config.beat_refresh_interval, stop)
 

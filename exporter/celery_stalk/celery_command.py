@@ -118,7 +118,7 @@ def stalk(ctx: click.Context, **raw):
 def beat_schedule(ctx: click.Context, app, raw: dict) -> dict:
     """The app's schedule for app.run: RedBeat's keys when its beat runs RedBeat
     (its settings as RedBeat reads them, unless given as flags), else beat_schedule."""
-    options = {"beat_timezone": str(app.timezone)}
+    options: dict[str, object] = {"beat_timezone": str(app.timezone)}
     redbeat = redbeat_from_app(app)
     if redbeat is not None:
         for name, value in zip(("redbeat_key_prefix", "redbeat_url"), redbeat):

@@ -294,7 +294,6 @@ class Parser:
                 "--broker-ssl-option: the broker URL is not a TLS one: use rediss:// or amqps://"
             )
 
-
     def _redbeat(self, values: dict) -> None:
         """RedBeat's keys are in Redis: its URL, from the flag or else the broker's."""
         prefix, url = values["redbeat_key_prefix"], values["redbeat_url"]

@@ -3,7 +3,6 @@ schedule from the app (`celery -A tests.beat_app stalk`) or from RedBeat's keys 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -44,7 +43,7 @@ class BeatProcess:
         self.log = Path(self.dir.name) / "beat.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "BeatProcess":
+    def start(self) -> BeatProcess:
         self.proc = subprocess.Popen(self.args, env=self.env, cwd=self.dir.name,
                                      stdout=self.log.open("w"), stderr=subprocess.STDOUT)
         return self

@@ -23,8 +23,9 @@ from .tasks import TaskCollector
 from .workers import WorkerCollector
 from .workflows import WorkflowCollector
 
-__all__ = ["CATALOG", "BeatCollector", "CollectorFailed", "WorkflowCollector", "Exporter", "ExporterCollector", "QueueCollector",
-           "TaskCollector", "WorkerCollector", "model_collectors"]
+__all__ = ["CATALOG", "BeatCollector", "CollectorFailed", "Exporter", "ExporterCollector",
+           "QueueCollector", "TaskCollector", "WorkerCollector", "WorkflowCollector",
+           "model_collectors"]
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from itertools import accumulate
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client.core import Metric as Family
 from prometheus_client.utils import floatToGoString
@@ -31,7 +31,10 @@ class WorkflowCollector:
                         snap.workflow_buckets)
         yield histogram("celery_workflow_tasks", snap.workflow_tasks, snap.workflow_tasks_buckets)
         yield labelled("celery_workflows_in_flight", snap.workflows_in_flight)
-        yield labelled("celery_workflow_oldest_in_flight_age_seconds", snap.workflow_oldest_age)
+        oldest = family("celery_workflow_oldest_in_flight_age_seconds")
+        for workflow, age in sorted(snap.workflow_oldest_age.items()):
+            oldest.add_metric([workflow], age)
+        yield oldest
         failed = family("celery_workflow_task_failed_total")
         for key, count in sorted(snap.workflow_task_failed.items()):
             failed.add_metric(list(key), count)

@@ -38,7 +38,8 @@ from .workers import WORKER_EVENTS, WorkerRegistry, WorkerSnapshot, WorkerView
 from .workflows import WorkflowSnapshot, WorkflowTracker
 
 __all__ = [
-    "BAD_VALUE", "BeatEntry", "BeatSnapshot", "MAX_DURATION", "WorkflowSnapshot", "MAX_LABEL_LENGTH", "MISSING_FIELD", "MISSING_TYPE",
+    "BAD_VALUE", "MAX_DURATION", "MAX_LABEL_LENGTH", "MISSING_FIELD", "MISSING_TYPE",
+    "BeatEntry", "BeatSnapshot", "WorkflowSnapshot",
     "NOT_AN_OBJECT", "OTHER", "TASK_EVENTS", "UNKNOWN", "WORKER_EVENTS", "HistogramView",
     "LabelCap", "Model", "ModelSettings", "Snapshot", "TaskRoutes", "WorkerView",
     "exception_class", "label_value",

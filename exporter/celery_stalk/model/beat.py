@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from .fields import number
 from .labels import OTHER, label_value
@@ -81,6 +81,8 @@ class EntryState:
         self.late_due: float | None = None  # due time of the last missed run, until it runs
         self.last_missed: float | None = None  # due time of the last missed run
         self.last_run = entry.last_run
+        self.due: float | None = None
+        self.anchored = False
         self.schedule(now)
 
     def schedule(self, now: float) -> None:

@@ -8,10 +8,10 @@ was refused.
 
 from __future__ import annotations
 
+from .beat import BeatTracker
 from .fields import BAD_VALUE, MAX_DURATION, label_refusal, number, runnable_from
 from .labels import UNKNOWN, exception_class, label_value
 from .ledger import Labels, TaskLedger
-from .beat import BeatTracker
 from .routes import TaskRoutes
 from .tracker import TaskTracker, TrackedTask
 from .workflows import REJECTED, REVOKED, WorkflowTracker

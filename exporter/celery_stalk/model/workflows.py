@@ -41,12 +41,13 @@ outcome or left in flight forever.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
 
 from .fields import MAX_DURATION, MAX_TASK_ID_LENGTH, number
 from .labels import UNKNOWN
-from .ledger import Histogram, HistogramView, _observe
+from .ledger import Histogram, HistogramView
 from .settings import ModelSettings
 from .tracker import TaskTracker, TrackedTask
 
@@ -179,10 +180,10 @@ class WorkflowTracker:
         """A task name forgotten by its cap: drop the series it labels."""
         for series in (self.started, self.duration, self.tasks):
             series.pop(name, None)
-        for key in [key for key in self.finished if key[0] == name]:
-            del self.finished[key]
-        for key in [key for key in self.task_failed if name in (key[0], key[1])]:
-            del self.task_failed[key]
+        for ended in [key for key in self.finished if key[0] == name]:
+            del self.finished[ended]
+        for failed in [key for key in self.task_failed if name in (key[0], key[1])]:
+            del self.task_failed[failed]
 
     # -- workflows ---------------------------------------------------------------
 
@@ -265,7 +266,7 @@ class WorkflowTracker:
     def _count_start(self, workflow: Workflow, event: dict) -> None:
         if workflow.started is None:  # the root left no timestamp: its first child's
             workflow.started = number(event.get("timestamp"))
-        name = workflow.name
+        name = workflow.name or UNKNOWN
         self.started[name] = self.started.get(name, 0) + 1
 
     def _close(self, workflow: Workflow) -> None:
@@ -281,6 +282,7 @@ class WorkflowTracker:
             if duration <= MAX_DURATION:  # else a clock far off: not a duration
                 _observe(self.duration, name, self.buckets, max(duration, 0.0))
         _observe(self.tasks, name, TASKS_BUCKETS, len(workflow.members))
+
 
     def _evict(self, workflow: Workflow, reason: str) -> None:
         self._remove(workflow)
@@ -336,3 +338,11 @@ class WorkflowTracker:
             workflows_evicted=dict(self.evicted),
             workflow_orphan_tasks=self.orphans,
         )
+
+
+def _observe(hists: dict[str, Histogram], name: str, buckets: tuple, value: float) -> None:
+    hist = hists.get(name)
+    if hist is None:
+        hist = hists[name] = Histogram(len(buckets))
+    hist.counts[bisect_left(buckets, value)] += 1
+    hist.total += value

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
 import redis
@@ -116,6 +116,7 @@ def _datetime(value) -> tuple[float | None, str | None]:
     if not isinstance(value, dict) or value.get("__type__") != "datetime":
         return None, None
     zone = value.get("timezone", "UTC")
+    tz: tzinfo
     if isinstance(zone, (int, float)):
         tz, name = timezone(timedelta(seconds=zone)), None
     else:
