@@ -1,6 +1,7 @@
 """The Celery app of the beat tests: a schedule beat runs, and the exporter reads from the app.
 
-STALK_TEST_SCHEDULER=redbeat runs it with RedBeat (its keys in the broker's Redis).
+STALK_TEST_SCHEDULER=redbeat runs it with RedBeat (its keys in the broker's Redis);
+STALK_TEST_BEAT_STATIC=no leaves its beat_schedule empty (RedBeat's dynamic entries only).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ if os.environ.get("STALK_TEST_SCHEDULER") == "redbeat":
     # no minute-level entry with RedBeat: its test checks intervals only
     app.conf.beat_schedule = {k: v for k, v in app.conf.beat_schedule.items()
                               if k != "report-every-minute"}
+if os.environ.get("STALK_TEST_BEAT_STATIC") == "no":
+    app.conf.beat_schedule = {}
 
 
 @app.task(name="beat.add")

@@ -3,18 +3,14 @@ schedule from the app (`celery -A tests.beat_app stalk`) or from RedBeat's keys 
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, ExporterProcess, WorkerProcess, eventually, wait_worker_up
+from tests.harness import (BeatProcess, ExporterProcess, WorkerProcess, app_env, eventually,
+                           save_redbeat_entry, wait_worker_up)
 
 pytestmark = pytest.mark.integration
 
@@ -24,41 +20,6 @@ GRACE = 1.5
 
 def db_url(redis_server, db: int) -> str:
     return redis_server.url.rsplit("/", 1)[0] + f"/{db}"
-
-
-def app_env(broker_url: str, **extra: str) -> dict:
-    return {"STALK_TEST_BROKER": broker_url,
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-            **extra}
-
-
-class BeatProcess:
-    """`celery -A tests.beat_app beat` with its own schedule file."""
-
-    def __init__(self, broker_url: str, **env: str):
-        self.dir = tempfile.TemporaryDirectory(prefix="celery-beat-")
-        self.args = [sys.executable, "-m", "celery", "-A", "tests.beat_app", "beat",
-                     "-s", str(Path(self.dir.name) / "schedule"), "--pidfile=", "-l", "INFO"]
-        self.env = {**os.environ, **app_env(broker_url, **env)}
-        self.log = Path(self.dir.name) / "beat.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> BeatProcess:
-        self.proc = subprocess.Popen(self.args, env=self.env, cwd=self.dir.name,
-                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT)
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def output(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
 
 
 def stalk_from_app(broker_url: str, *args: str) -> ExporterProcess:
@@ -136,11 +97,6 @@ def test_two_beats_count_duplicate_runs(redis_server, fleet):
 
 
 def test_redbeat_schedule_is_read_from_its_redis_keys_without_the_app(redis_server, fleet):
-    from celery.schedules import schedule
-    from redbeat import RedBeatSchedulerEntry
-
-    from tests.beat_app import app
-
     url = db_url(redis_server, 14)
     exporter = fleet(ExporterProcess(url, "--redbeat-key-prefix", "redbeat:",
                                      "--beat-refresh-interval", "0.5", "--beat-grace", str(GRACE)))
@@ -149,9 +105,7 @@ def test_redbeat_schedule_is_read_from_its_redis_keys_without_the_app(redis_serv
                message=f"RedBeat runs\n{beat.output()}")
 
     # A dynamic entry, as applications add them at run time: only in Redis.
-    app.conf.broker_url = url
-    app.conf.redbeat_redis_url = url
-    RedBeatSchedulerEntry("dynamic-add", "beat.add", schedule(2.0), args=[5, 5], app=app).save()
+    save_redbeat_entry(url, "dynamic-add", "beat.add", 2.0, args=[5, 5])
     m = eventually(lambda: (lambda m: m if (entry(m, "dynamic-add", "runs_total") or 0) >= 2
                             else None)(exporter.scrape()), 20, message="dynamic entry runs")
     assert m.get("celery_beat_entry_info", entry="dynamic-add", task="beat.add",
