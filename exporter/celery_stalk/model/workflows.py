@@ -141,13 +141,15 @@ class WorkflowTracker:
             return
         if type(root) is not str or not root or len(root) > MAX_TASK_ID_LENGTH:
             return  # no root: not part of a workflow
+        workflow = self.open.get(root)
+        if workflow is not None and task_id in workflow.members:
+            return  # its other event, or a retry
         if self.members >= self.max_members and self.open:
             self._evict(next(iter(self.open.values())), LIMIT)
-        workflow = self.open.get(root)
+            workflow = self.open.get(root)  # it may have been the oldest
         if workflow is None:
             workflow = self._open(root, event, now)
-        if task_id not in workflow.members:  # else: its other event, or a retry
-            self._join(workflow, task_id, now)
+        self._join(workflow, task_id, now)
 
     def done(self, task_id: str, task: TrackedTask | None, event: dict, failure: str | None,
              now: float) -> None:
@@ -220,7 +222,7 @@ class WorkflowTracker:
             self._fail(workflow, task_name, exception)
 
     def _join(self, workflow: Workflow, task_id: str, now: float) -> None:
-        finished = self._recently_finished(task_id)
+        finished = self._recently_finished(task_id) if self.recent or self.recent_old else None
         self.members += 1
         if finished is not None:  # its end came before its start: already done
             workflow.members[task_id] = False
@@ -240,7 +242,9 @@ class WorkflowTracker:
         if workflow.members.get(task_id):
             workflow.members[task_id] = False
             workflow.in_flight -= 1
-        self._end_at(workflow, ended)
+        ended = number(ended)
+        if ended is not None and (workflow.ended is None or ended > workflow.ended):
+            workflow.ended = ended
         if failure is not None:
             self._fail(workflow, task_name or UNKNOWN, failure)
         if workflow.in_flight == 0:
