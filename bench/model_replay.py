@@ -20,6 +20,13 @@ median of each side.
 tasks form a chain (the first task the root of the others): a stream where every
 task belongs to a workflow.
 
+Instructions instead of time, for a figure the machine's load cannot move: run it
+under valgrind with --repeat 1, and again with --setup-only (everything but the
+replay); the difference over the events is the model's instructions per event.
+
+    valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \
+        .venv/bin/python bench/model_replay.py --tasks 10000 --repeat 1 [--setup-only]
+
     .venv/bin/python bench/model_replay.py --compare /work/main . --rounds 7
 """
 
@@ -73,7 +80,8 @@ def chain_up(events: list[dict], length: int) -> None:
         event["parent_id"] = ids[index - 1] if index > first else None
 
 
-def replay(tree: Path, tasks: int, chains: int, repeat: int, rate: float) -> dict:
+def replay(tree: Path, tasks: int, chains: int, repeat: int, rate: float,
+           setup_only: bool = False) -> dict:
     sys.path.insert(0, str(tree / "exporter"))
     from celery_stalk.model import Model  # the tree's own model
 
@@ -81,7 +89,7 @@ def replay(tree: Path, tasks: int, chains: int, repeat: int, rate: float) -> dic
     batches = [events[i:i + BATCH_EVENTS] for i in range(0, len(events), BATCH_EVENTS)]
     step = BATCH_EVENTS / rate
     best = float("inf")
-    for _ in range(repeat):
+    for _ in range(0 if setup_only else repeat):
         model = Model()
         now, next_tick = 1_000_000.0, 0.0
         gc.collect()
@@ -95,7 +103,8 @@ def replay(tree: Path, tasks: int, chains: int, repeat: int, rate: float) -> dic
             now += step
         best = min(best, time.process_time() - started)
         gc.unfreeze()
-    return {"tree": str(tree), "events": len(events), "ns_per_event": best / len(events) * 1e9}
+    return {"tree": str(tree), "events": len(events),
+            "ns_per_event": best / len(events) * 1e9 if not setup_only else 0.0}
 
 
 def compare(a: Path, b: Path, rounds: int, args: argparse.Namespace) -> None:
@@ -125,12 +134,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="repetitions per run; the best counts")
     parser.add_argument("--rate", type=float, default=200_000.0,
                         help="events per simulated second")
+    parser.add_argument("--setup-only", action="store_true",
+                        help="build and decode the stream, replay nothing (the baseline under valgrind)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.compare:
         compare(args.compare[0].resolve(), args.compare[1].resolve(), args.rounds, args)
         return
-    result = replay(args.tree.resolve(), args.tasks, args.chains, args.repeat, args.rate)
+    result = replay(args.tree.resolve(), args.tasks, args.chains, args.repeat, args.rate,
+                    args.setup_only)
     print(json.dumps(result) if args.json else
           f"{result['tree']}: {result['events']} events, {result['ns_per_event']:.0f} ns/event")
 

@@ -22,9 +22,9 @@ def db_url(redis_server, db: int) -> str:
     return redis_server.url.rsplit("/", 1)[0] + f"/{db}"
 
 
-def stalk_from_app(broker_url: str, *args: str) -> ExporterProcess:
+def stalk_from_app(broker_url: str, *args: str, **env: str) -> ExporterProcess:
     """`celery -A tests.beat_app stalk`: the schedule from the app's beat_schedule."""
-    process = ExporterProcess(broker_url, env=app_env(broker_url))
+    process = ExporterProcess(broker_url, env=app_env(broker_url, **env))
     process.args = [sys.executable, "-m", "celery", "-A", "tests.beat_app", "stalk",
                     "--listen-address", f"127.0.0.1:{process.port}", *args]
     return process
@@ -122,3 +122,14 @@ def test_redbeat_schedule_is_read_from_its_redis_keys_without_the_app(redis_serv
     beat.stop()
     eventually(lambda: entry(exporter.scrape(), "dynamic-add", "missed_runs_total") >= 1,
                2 + GRACE + 5, message="missed after RedBeat stopped")
+
+
+def test_an_app_whose_beat_runs_redbeat_is_read_from_redbeats_keys(redis_server, fleet):
+    """`celery -A proj stalk` for an app with beat_scheduler RedBeat: its keys, not beat_schedule."""
+    url = db_url(redis_server, 15)
+    save_redbeat_entry(url, "only-in-redis", "beat.ping", 30.0, args=["x"])
+    exporter = fleet(stalk_from_app(url, "--beat-refresh-interval", "0.5",
+                                    STALK_TEST_SCHEDULER="redbeat"))
+    m = eventually(lambda: (lambda m: m if m.get("celery_stalk_beat_schedule_up") == 1 else None)(
+        exporter.scrape()), 20, message="RedBeat read")
+    assert m.label_values("celery_beat_entry_info", "entry") == {"only-in-redis"}
