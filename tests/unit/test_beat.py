@@ -250,3 +250,25 @@ def test_an_app_running_redbeat_is_read_from_redbeats_keys():
     app.conf.redbeat_key_prefix = "sched:"
     app.conf.redbeat_redis_url = "redis://beat:6379/2"
     assert redbeat_from_app(app) == ("sched:", "redis://beat:6379/2")
+
+
+def test_an_entry_without_a_schedule_class_follows_the_due_times_the_source_reads():
+    """RedBeat's rrule entries: only RedBeat's score says when they are due next."""
+    m = Model(ModelSettings(beat_grace=GRACE))
+
+    def read(due, last_run=None):
+        m.set_beat_schedule([BeatEntry("rr", "app.rr", schedule="rrule", due=due,
+                                       last_run=last_run)], T0)
+
+    read(T0 + 60)
+    m.apply(beat_sent("r1", "app.rr", T0 + 60.2), T0 + 60.2)
+    assert entry(m, "rr").next_run is None  # not known until the source is read again
+    read(T0 + 60)  # read before RedBeat moved its score: nothing new
+    assert entry(m, "rr").next_run is None
+    read(T0 + 3600, last_run=T0 + 60.2)
+    assert entry(m, "rr").next_run == T0 + 3600
+    m.tick(T0 + 3600 + GRACE + 1)
+    assert entry(m, "rr").missed == 1
+    read(T0 + 3600)  # beat is dead: its score stays put, and the miss is not counted again
+    m.tick(T0 + 3700)
+    assert (entry(m, "rr").missed, entry(m, "rr").next_run) == (1, None)

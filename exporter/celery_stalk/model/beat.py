@@ -39,7 +39,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable
 
-from .fields import number
+from .fields import MAX_DURATION, number
 from .labels import OTHER, label_value
 from .ledger import Histogram, HistogramView
 from .settings import ModelSettings
@@ -96,6 +96,13 @@ class EntryState:
         else:
             self.due = self.next_due(now)
 
+    def adopt_due(self, due: float | None) -> None:
+        """A due time the source computed, if it is one this entry has not run or missed."""
+        if due is None or self.due is not None:
+            return
+        if due > max(self.last_run or -math.inf, self.last_missed or -math.inf):
+            self.due = due
+
     def next_due(self, after: float) -> float | None:
         if self.entry.next_due is None:
             return None
@@ -134,6 +141,8 @@ class EntryState:
             self.last_run = at
 
     def _observe(self, delay: float) -> None:
+        if not delay <= MAX_DURATION:  # a clock far off: no lateness at all
+            return
         value = max(delay, 0.0)
         self.delay.counts[bisect_left(DELAY_BUCKETS, value)] += 1
         self.delay.total += value
@@ -209,6 +218,8 @@ class BeatTracker:
                 state.entry = entry
                 state.late_due = None
                 state.schedule(now)
+            elif entry.next_due is None:  # due times only from the source (RedBeat's score)
+                state.adopt_due(entry.due)
             state.label = label
             kept[name] = state
         for name, state in self.entries.items():
