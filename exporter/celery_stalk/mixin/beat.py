@@ -116,8 +116,8 @@ unless on ({_target(c)})
                 "resolves when the entry runs again (late, sent by hand with the same "
                 "arguments, or at its next due time), however long that takes: a missed "
                 "nightly job stays on the board until it has run. When nothing at all runs, "
-                "`CeleryBeatDown` pages instead; a miss it follows within its `for:` is held "
-                "back until another entry runs."
+                "`CeleryBeatDown` pages instead: a miss after which no entry has run yet waits "
+                "until one does (at most that alert's `for:`) before it pages here."
             ),
             meaning=(
                 "Beat sends other entries but not this one: its task cannot be sent (an error "

@@ -97,11 +97,12 @@ and
                   f"{span(c.workflow_stuck_floor)}, for {c.workflow_stuck_for}"),
             pages=(
                 f"Within {_within(c.workflow_stuck_for)} of the oldest workflow in flight "
-                f"passing {c.workflow_stuck_factor:g} times its usual p99 (and "
-                f"{span(c.workflow_stuck_floor)}: a workflow of seconds is in flight for the "
-                "exporter's --workflow-settle on top, which must not page), then `for: "
-                f"{c.workflow_stuck_for}`. A workflow with no finished run in the last "
-                f"{c.workflow_history_window} has no p99 and does not page."
+                f"becoming older than {c.workflow_stuck_factor:g} times its usual p99 and than "
+                f"{span(c.workflow_stuck_floor)}: one scrape, then `for: "
+                f"{c.workflow_stuck_for}`. The floor keeps short workflows quiet: every "
+                "workflow stays in flight for the exporter's --workflow-settle after its last "
+                "task, which a p99 of seconds would take for stuck. A workflow with no finished "
+                f"run in the last {c.workflow_history_window} has no p99 and does not page."
             ),
             meaning=(
                 "A workflow started (its root was sent) and has not finished: some of its "
