@@ -75,7 +75,7 @@ class Workflow:
         self.members: dict[str, bool] = {}  # task id -> still in flight
         self.in_flight = 0
         self.failed = False
-        self.failures: list[tuple[str, str]] = []  # (task, exception) before the name was known
+        self.failures: list[tuple[str, str]] | None = None  # (task, exception) before the name
         self.idle_since: float | None = None  # exporter's clock, when in_flight fell to 0
         self.open = True
 
@@ -149,7 +149,14 @@ class WorkflowTracker:
             workflow = self.open.get(root)  # it may have been the oldest
         if workflow is None:
             workflow = self._open(root, event, now)
-        self._join(workflow, task_id, now)
+        if self.recent or self.recent_old:  # a task may have ended before it started
+            self._join(workflow, task_id, now)
+            return
+        workflow.members[task_id] = True  # _join's common case, inline: the hot path of workflows
+        workflow.in_flight += 1
+        workflow.idle_since = None
+        self.member_of[task_id] = workflow
+        self.members += 1
 
     def done(self, task_id: str, task: TrackedTask | None, event: dict, failure: str | None,
              now: float) -> None:
@@ -213,12 +220,12 @@ class WorkflowTracker:
             self.members += 1
             self._end_at(workflow, finished[1])
             if finished[0] is not None:
-                workflow.failures.append((workflow.name, finished[0]))
+                workflow.failures = [*(workflow.failures or ()), (workflow.name, finished[0])]
         elif root not in workflow.members:
             self._join(workflow, root, now)
         self._count_start(workflow, event)
-        failures, workflow.failures = workflow.failures, []
-        for task_name, exception in failures:
+        failures, workflow.failures = workflow.failures, None
+        for task_name, exception in failures or ():
             self._fail(workflow, task_name, exception)
 
     def _join(self, workflow: Workflow, task_id: str, now: float) -> None:
@@ -262,7 +269,7 @@ class WorkflowTracker:
     def _fail(self, workflow: Workflow, task_name: str, exception: str) -> None:
         workflow.failed = True
         if workflow.name is None:
-            workflow.failures.append((task_name, exception))
+            workflow.failures = [*(workflow.failures or ()), (task_name, exception)]
             return
         key = (workflow.name, task_name, exception)
         self.task_failed[key] = self.task_failed.get(key, 0) + 1
