@@ -93,7 +93,7 @@ class TaskEvents:
         """Hold the event (True) while only the task's own task-sent can name its queue:
         none of its name seen yet, no route, and its producers send task-sent events as
         far as we know. A worker's first events for a task name can beat the producer's
-        task-sent. Called only for tasks whose task-sent was not seen."""
+        task-sent. Called only for tasks not settled (no task-sent of their own seen)."""
         held = task.held
         if held is None:
             name = task.name
@@ -291,7 +291,6 @@ class TaskEvents:
             at = number(event.get("timestamp"))
             if at is not None:
                 task.add_ready(task.run, at)
-            task.started = None
         if task is None or task.settled or not self._held(task_id, task, "task-rejected",
                                                             None, now):
             self.ledger.count("task-rejected", self.labels("task-rejected", task))
