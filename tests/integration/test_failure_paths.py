@@ -13,7 +13,6 @@ this session builds once under .cache/ (gitignored) and reuses afterwards.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -21,7 +20,6 @@ import sys
 import tempfile
 import time
 import venv
-from pathlib import Path
 
 import pytest
 
@@ -82,9 +80,9 @@ def build_oldest_venv() -> str:
 
 
 @pytest.fixture(scope="session")
-def worker_pythons() -> dict[str, str]:
-    """Celery version -> the Python whose venv runs workers of it."""
-    return {"newest": sys.executable, OLDEST: build_oldest_venv()}
+def oldest_python() -> str:
+    """The Python of the venv that runs workers of the oldest Celery (built once)."""
+    return build_oldest_venv()
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +97,8 @@ COMBINATIONS = [(version, pool) for version in ("newest", OLDEST)
 
 @pytest.mark.parametrize("version, pool", COMBINATIONS,
                          ids=[f"{v}-{p}" for v, p in COMBINATIONS])
-def test_every_failure_path_is_counted_exactly(version, pool, worker_pythons, broker, fleet):
-    python = worker_pythons[version]
+def test_every_failure_path_is_counted_exactly(version, pool, broker, fleet, request):
+    python = sys.executable if version == "newest" else request.getfixturevalue("oldest_python")
     if pool == "gevent" and not has_module(python, "gevent"):
         pytest.skip(f"gevent does not install for Celery {version} here")
     if version == OLDEST and pool == "threads":
