@@ -377,18 +377,20 @@ def test_events_held_for_a_late_sent_are_counted_under_its_queue_once():
 
 def test_events_whose_sent_never_comes_are_counted_after_the_hold_and_not_held_again():
     model = Model()
+    hold = model.settings.queue_hold
     for event in run("t1", "app.nosent", 100.0):
         model.apply(event, 100.0)
-    model.tick(101.0)
-    assert model.snapshot(101.0).counters["task-started"] == {}
-    model.tick(102.5)  # the hold (2 s) is over: counted by the fallback rules
-    snap = model.snapshot(102.5)
+    model.tick(100.0 + hold - 0.1)
+    assert model.snapshot(100.0 + hold).counters["task-started"] == {}
+    model.tick(100.0 + hold)  # the hold is over: counted by the fallback rules
+    snap = model.snapshot(100.0 + hold)
     assert snap.counters["task-received"] == {("app.nosent", "unknown"): 1}
     assert snap.counters["task-started"] == {("app.nosent", "unknown"): 1}
-    model.apply(worker_event("task-succeeded", "t1", 103.0, runtime=3.0), 103.0)
-    for event in run("t2", "app.nosent", 104.0):  # its producers send no task-sent
-        model.apply(event, 104.0)
-    snap = model.snapshot(104.0)
+    later = 101.0 + hold
+    model.apply(worker_event("task-succeeded", "t1", later, runtime=3.0), later)
+    for event in run("t2", "app.nosent", later):  # its producers send no task-sent
+        model.apply(event, later)
+    snap = model.snapshot(later)
     assert snap.counters["task-succeeded"] == {("app.nosent", "unknown"): 1}
     assert snap.counters["task-started"] == {("app.nosent", "unknown"): 2}
     assert snap.tracked_tasks == 1

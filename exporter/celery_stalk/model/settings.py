@@ -27,5 +27,7 @@ class ModelSettings:
     # follow the first within milliseconds; 10,000 ids take about 1 MB.
     ended_task_memory: int = 10_000
     # Seconds a task's events are held for its task-sent while nothing else can name
-    # its queue (README, "Which queue a task is counted under").
-    queue_hold: float = 2.0
+    # its queue (README, "Which queue a task is counted under"). The task-sent is
+    # normally milliseconds late; the margin is for a producer starved of CPU, since
+    # a wrong queue label stays in the counters for good and a late count does not.
+    queue_hold: float = 5.0
