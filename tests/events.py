@@ -7,8 +7,8 @@ from celery.events import Event
 WORKER = "w1@host-a"
 
 
-def sent(task_id, name, queue="celery", at=100.0, eta=None, **fields):
-    return Event("task-sent", uuid=task_id, name=name, args="()", kwargs="{}", retries=0,
+def sent(task_id, name, queue="celery", at=100.0, eta=None, retries=0, **fields):
+    return Event("task-sent", uuid=task_id, name=name, args="()", kwargs="{}", retries=retries,
                  eta=eta, expires=None, queue=queue, exchange="", routing_key=queue,
                  root_id=task_id, parent_id=None, hostname="producer@host", timestamp=at,
                  utcoffset=0, pid=1, clock=1, **fields)

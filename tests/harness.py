@@ -132,10 +132,12 @@ class WorkerProcess:
     """A real Celery worker of tests/celery_app.py, started with events on (-E)."""
 
     def __init__(self, broker_url: str, nodename: str, queues: str = "work",
-                 pool: str = "prefork", concurrency: int = 2, transport_options: dict | None = None):
+                 pool: str = "prefork", concurrency: int = 2, transport_options: dict | None = None,
+                 python: str = sys.executable):
+        """``python``: the interpreter of the venv whose Celery the worker runs."""
         self.nodename = nodename
         self.args = [
-            sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-E",
+            python, "-m", "celery", "-A", "tests.celery_app", "worker", "-E",
             "-n", nodename, "-Q", queues, "-P", pool, "-c", str(concurrency),
             "--without-mingle", "--without-gossip", "-l", "WARNING",
         ]

@@ -64,8 +64,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("broker-ssl-option", "key=value for TLS to the broker (rediss://, amqps://), used by the "
            "event consumer and the queue reader: ca_certs, certfile, keyfile (PEM files), cert_reqs "
            "(required, the default; optional; none) (repeatable).", "broker_ssl", repeatable=True, name="broker_ssl"),
-    Option("worker-timeout", "Seconds without a heartbeat before a worker is reported down "
-           "(at least 2.5 of the worker's heartbeat intervals).", "seconds", "20", model=True),
+    Option("worker-timeout", "Seconds without a heartbeat before a worker is reported down. Each "
+           "worker gets at least 2.5 of its own heartbeat intervals (5 s at Celery's default 2 s), "
+           "so a value below that applies only to workers that heartbeat faster.", "seconds", "20",
+           model=True),
     Option("worker-ttl", "Seconds after which a down worker's series are forgotten; fleet totals "
            "are kept.", "seconds", "900", model=True),
     Option("max-tracked-tasks", "Tasks in flight kept to join events on the task id.", "count",

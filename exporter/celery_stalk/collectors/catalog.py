@@ -30,11 +30,20 @@ class Metric:
 _TASK = ("task", "queue")
 
 
+# Events that end a run of a task (README, "Failures, rejections and retries").
+_ENDS = ("task-succeeded", "task-failed", "task-revoked", "task-rejected")
+
+
 def task_counter(event: str) -> Metric:
     verb = event.removeprefix("task-")
+    text = f"Tasks {verb}: count of {event} events"
+    if event in _ENDS:
+        text += ", one end per run of a task (a second end Celery sends for it is not counted)"
+    if event == "task-failed":
+        text += "; a raised Reject counts as rejected, not failed"
     return Metric(
         f"celery_task_{verb}_total", "counter", _TASK,
-        f"Tasks {verb}: count of {event} events. Task name and queue joined on the task id.",
+        f"{text}. Task name and queue joined on the task id.",
     )
 
 
@@ -43,12 +52,14 @@ CATALOG: dict[str, Metric] = {
     for m in [
         *(task_counter(event) for event in TASK_EVENTS),
         Metric("celery_task_exceptions_total", "counter", _TASK + ("exception",),
-               "Failed tasks by exception class name (never the message), from task-failed events."),
+               "Failed tasks by exception class name (never the message), from task-failed "
+               "events; billiard's ExceptionWithTraceback is unwrapped from the traceback."),
         Metric("celery_task_runtime_seconds", "histogram", _TASK,
                "Task run time in seconds, from the runtime field of task-succeeded events."),
         Metric("celery_task_queue_wait_seconds", "histogram", _TASK,
-               "Seconds from task-sent (or the task's ETA/countdown, if later) to task-started; "
-               "observed only for tasks whose task-sent event was seen."),
+               "Seconds from task-sent (or the task's ETA/countdown, if later) to task-started, "
+               "once per run: a retry from its own task-sent, a requeued message from its "
+               "task-rejected; observed only for tasks whose task-sent event was seen."),
         Metric("celery_queue_messages", "gauge", ("queue",),
                "Ready messages in the broker queue: Redis LLEN of the list and its priority "
                "sub-lists, RabbitMQ passive queue.declare."),
@@ -89,8 +100,8 @@ CATALOG: dict[str, Metric] = {
                "Task events whose task name could not be joined on the task id (the event "
                "carries none and no task-sent/received was seen); counted under task=\"unknown\"."),
         Metric("celery_stalk_queue_wait_clock_skew_total", "counter", (),
-               "Queue waits that came out negative (observed as 0) or longer than 30 days (not "
-               "observed) because producer and worker clocks disagree."),
+               "Queue waits that came out more than 1 s negative (observed as 0) or longer than "
+               "30 days (not observed) because producer and worker clocks disagree."),
         Metric("celery_stalk_tracked_tasks", "gauge", (),
                "Tasks in flight kept for joining events (bounded by --max-tracked-tasks)."),
         Metric("celery_stalk_tracked_tasks_evicted_total", "counter", (),

@@ -75,7 +75,7 @@ class Model:
         task_routes = TaskRoutes(routes)
         self.ledger = TaskLedger(s, pinned_queues=tuple(static_queues) + task_routes.queues)
         self.tracker = TaskTracker(s.max_tracked_tasks)
-        self.tasks = TaskEvents(self.ledger, self.tracker, task_routes)
+        self.tasks = TaskEvents(self.ledger, self.tracker, task_routes, s)
         self.workers = WorkerRegistry(s)
         self._lock = threading.Lock()
         self._events: dict[str, int] = {}
@@ -146,9 +146,11 @@ class Model:
             return self.workers.expected_event_interval()
 
     def tick(self, now: float) -> None:
-        """Declare silent workers lost and forget workers gone for worker_ttl."""
+        """Declare silent workers lost, forget workers gone for worker_ttl, and count
+        the held events of tasks whose task-sent did not come in time."""
         with self._lock:
             self.workers.tick(now)
+            self.tasks.release_expired(now)
 
     def learn_queues(self, names: list[str], now: float) -> None:
         """Queues found on the broker (Redis bindings), so they are always read."""
