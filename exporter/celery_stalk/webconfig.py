@@ -179,10 +179,10 @@ class BasicAuth:
     MAX_REMEMBERED = 1000  # a few users with a few passwords each
     BUSY_WAIT = 2.0  # seconds a check waits for a free slot before 429
 
-    def __init__(self, users: dict[str, bytes], max_concurrent: int = 2, max_failures: int = 10,
-                 stats: WebStats | None = None):
+    def __init__(self, users: dict[str, bytes], max_concurrent: int, max_failures: int,
+                 stats: WebStats):
         self.users = users
-        self.stats = stats or WebStats()
+        self.stats = stats
         self._verified: set[bytes] = set()
         self._lock = threading.Lock()
         self._checks = threading.BoundedSemaphore(max_concurrent)

@@ -145,6 +145,10 @@ def test_a_thousand_slow_connections_from_one_address_are_refused_fast(redis_ser
                 assert answer is not None, "an excess connection was left open"
                 assert answer == b"" or answer.startswith(b"HTTP/1.0 503 "), answer[:100]
                 refused += 1
+            asked = time.monotonic()  # one more, timed: refused fast
+            extra = attacker("127.0.0.2", ex.port)
+            assert ended(extra, 2.0) is not None and time.monotonic() - asked < 0.5
+            extra.close()
             answered = [get(url + "/metrics") for _ in range(5)]
             assert all(ended(sock, 0.01) is None for sock in held[:8])  # still within 5 s
         assert refused == 992
@@ -157,7 +161,7 @@ def test_a_thousand_slow_connections_from_one_address_are_refused_fast(redis_ser
         for sock in held:
             sock.close()
         m = scrape(url + "/metrics")
-        assert m.get("celery_stalk_http_rejected_total", reason="client_connection_limit") == 992
+        assert m.get("celery_stalk_http_rejected_total", reason="client_connection_limit") == 993
         assert m.get("celery_stalk_http_rejected_total", reason="read_timeout") == 8
 
 
@@ -374,6 +378,15 @@ def basic(user: str, password: str) -> dict:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
+def together(client, count: int) -> None:
+    """``client(0)`` to ``client(count - 1)`` at once, each on a thread; returns when all are done."""
+    workers = [threading.Thread(target=client, args=(i,)) for i in range(count)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+
+
 def bcrypt_cost_seconds(hashed: bytes) -> float:
     started = time.process_time()
     for _ in range(3):
@@ -406,14 +419,10 @@ def test_wrong_passwords_cost_bounded_cpu_and_the_right_one_stays_fast(redis_ser
         stop, results = threading.Event(), []
         prometheus = threading.Thread(target=scrapes_meanwhile, args=(metrics, stop, results),
                                       kwargs={"headers": good})
-        cpu_before, started = cpu_seconds(pid), time.monotonic()
+        cpu_before = cpu_seconds(pid)
         prometheus.start()
-        guessers = [threading.Thread(target=guess, args=(i,)) for i in range(8)]
-        for t in guessers:
-            t.start()
-        for t in guessers:
-            t.join(60)
-        cpu, wall = cpu_seconds(pid) - cpu_before, time.monotonic() - started
+        together(guess, 8)
+        cpu = cpu_seconds(pid) - cpu_before
         stop.set()
         prometheus.join(10)
         # 2 checks per client, the 38 others refused without bcrypt
@@ -432,11 +441,7 @@ def test_wrong_passwords_cost_bounded_cpu_and_the_right_one_stays_fast(redis_ser
             conn.close()
 
         cpu_before, started = cpu_seconds(pid), time.monotonic()
-        clients = [threading.Thread(target=one, args=(i,)) for i in range(12)]
-        for t in clients:
-            t.start()
-        for t in clients:
-            t.join(30)
+        together(one, 12)
         cpu, wall = cpu_seconds(pid) - cpu_before, time.monotonic() - started
         assert sorted(set(burst)) == [401, 429] and len(burst) == 12, burst
         assert cpu / wall < 1.3, f"{cpu:.1f} CPU-s in {wall:.1f} s: more than one check at a time"
