@@ -49,6 +49,11 @@ class Config:
     queue_read_timeout: float
     queue_discovery_interval: float
     web: webconfig.WebConfig
+    web_max_connections: int
+    web_max_client_connections: int
+    web_read_timeout: float
+    web_auth_max_concurrent: int
+    web_auth_max_failures: int
     log_level: str
     log_format: str
 
@@ -59,6 +64,12 @@ class Config:
     @property
     def listen_port(self) -> int:
         return self.listen_address[1]
+
+    @property
+    def web_limits(self) -> webconfig.WebLimits:
+        return webconfig.WebLimits(self.web_max_connections, self.web_max_client_connections,
+                                   self.web_read_timeout, self.web_auth_max_concurrent,
+                                   self.web_auth_max_failures)
 
     @property
     def transport(self) -> str:

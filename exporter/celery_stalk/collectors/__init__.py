@@ -1,8 +1,8 @@
 """Collectors: views that build fresh metric families at scrape time.
 
 One collector per file, each reading its own part of the model (or the broker)
-and nothing kept between scrapes: tasks.py, workers.py, queues.py and
-exporter.py (the exporter's own health). Exporter runs them in turn and
+and nothing kept between scrapes: tasks.py, workers.py, queues.py,
+exporter.py (the exporter's own health) and web.py (the HTTP server's). Exporter runs them in turn and
 reports each one's success and duration, so one failing part does not hide
 the others. The catalog of every metric is catalog.py.
 """
@@ -19,10 +19,11 @@ from .catalog import CATALOG, family
 from .exporter import ExporterCollector
 from .queues import CollectorFailed, QueueCollector
 from .tasks import TaskCollector
+from .web import WebCollector
 from .workers import WorkerCollector
 
 __all__ = ["CATALOG", "CollectorFailed", "Exporter", "ExporterCollector", "QueueCollector",
-           "TaskCollector", "WorkerCollector", "model_collectors"]
+           "TaskCollector", "WebCollector", "WorkerCollector", "model_collectors"]
 
 log = logging.getLogger(__name__)
 

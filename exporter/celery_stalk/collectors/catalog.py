@@ -126,6 +126,23 @@ CATALOG: dict[str, Metric] = {
                "Times no event at all arrived for --events-stall-timeout while workers were up "
                "(a half-open connection or a pub/sub subscription lost in a broker failover), "
                "so the event consumer reconnected."),
+        Metric("celery_stalk_http_connections", "gauge", (),
+               "HTTP connections open now, sending a request or being answered (at most "
+               "--web-max-connections; more wait in the listen backlog)."),
+        Metric("celery_stalk_http_rejected_total", "counter", ("reason",),
+               "HTTP connections or requests turned away before any handler ran, by reason: "
+               "client_connection_limit (--web-max-client-connections open from that address; "
+               "refused at once), evicted_slow (still sending its request after 0.25 s, closed "
+               "to make room while --web-max-connections are open), read_timeout (TLS handshake "
+               "and request head not received within --web-read-timeout), too_large (request "
+               "head over 16 KiB, or a request body), bad_request (not HTTP), tls_handshake "
+               "(failed TLS handshake)."),
+        Metric("celery_stalk_http_auth_failures_total", "counter", (),
+               "Basic auth attempts with a wrong user or password."),
+        Metric("celery_stalk_http_auth_throttled_total", "counter", ("reason",),
+               "Basic auth attempts answered 429 without checking the password, by reason: "
+               "client_failures (the client address used up --web-auth-max-failures wrong "
+               "passwords a minute), busy (--web-auth-max-concurrent password checks running)."),
         Metric("celery_stalk_collector_success", "gauge", ("collector",),
                "1 if the collector succeeded in this scrape, else 0."),
         Metric("celery_stalk_collector_duration_seconds", "gauge", ("collector",),
