@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 
 from celery import Celery
@@ -70,3 +71,55 @@ def flaky(self, fail_times):
 def reject():
     """Refuses its message for good (task-rejected); acks_late leaves a message to refuse."""
     raise Reject("not for this worker", requeue=False)
+
+
+# -- failure paths (tests/integration/test_failure_paths.py, tests/fixtures/capture_events.py)
+
+
+@app.task(name="tests.hard_time_limit", time_limit=2)
+def hard_time_limit():
+    """Killed by its hard time limit (pools that enforce one: prefork, gevent)."""
+    time.sleep(5)
+
+
+@app.task(name="tests.kill_own_process")
+def kill_own_process():
+    """Its pool process dies under it, as when the OOM killer strikes (prefork only:
+    under solo and threads the pool process is the worker itself)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(name="tests.reject_requeue", bind=True, acks_late=True)
+def reject_requeue(self, marker_dir):
+    """Refuses its message once asking for it back (Reject(requeue=True)), then runs.
+
+    The first delivery leaves a marker file named after the task id in
+    ``marker_dir``; the redelivery finds it and succeeds."""
+    marker = os.path.join(marker_dir, self.request.id)
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        os.unlink(marker)
+        return "ok"
+    raise Reject("not now", requeue=True)
+
+
+@app.task(name="tests.sleep")
+def sleep(seconds):
+    """Something long-running to revoke(terminate=True)."""
+    time.sleep(seconds)
+
+
+@app.task(name="tests.retry_until_exhausted", bind=True, max_retries=2)
+def retry_until_exhausted(self):
+    """Retries itself until max_retries is exhausted; then fails with the retried error."""
+    raise self.retry(countdown=0.2, exc=ConnectionError("still down"))
+
+
+@app.task(name="tests.autoretry", bind=True, autoretry_for=(ConnectionError,),
+          retry_kwargs={"max_retries": 5, "countdown": 0.2})
+def autoretry(self, fail_times):
+    """Fails ``fail_times`` times, retried by autoretry_for with a countdown; then succeeds."""
+    if self.request.retries < fail_times:
+        raise ConnectionError("try again")
+    return "ok"

@@ -7,8 +7,8 @@ from celery.events import Event
 WORKER = "w1@host-a"
 
 
-def sent(task_id, name, queue="celery", at=100.0, eta=None, root_id=None, parent_id=None,
-         args="()", kwargs="{}", retries=0, **fields):
+def sent(task_id, name, queue="celery", at=100.0, eta=None, retries=0, root_id=None,
+         parent_id=None, args="()", kwargs="{}", **fields):
     return Event("task-sent", uuid=task_id, name=name, args=args, kwargs=kwargs, retries=retries,
                  eta=eta, expires=None, queue=queue, exchange="", routing_key=queue,
                  root_id=root_id or task_id, parent_id=parent_id, hostname="producer@host",

@@ -133,10 +133,13 @@ class WorkerProcess:
 
     def __init__(self, broker_url: str, nodename: str, queues: str = "work",
                  pool: str = "prefork", concurrency: int = 2, transport_options: dict | None = None,
-                 app: str = "tests.celery_app", env: dict | None = None):
+                 python: str = sys.executable, app: str = "tests.celery_app",
+                 env: dict | None = None):
+        """``python``: the interpreter of the venv whose Celery the worker runs; ``app``:
+        the tests' Celery app module it runs."""
         self.nodename = nodename
         self.args = [
-            sys.executable, "-m", "celery", "-A", app, "worker", "-E",
+            python, "-m", "celery", "-A", app, "worker", "-E",
             "-n", nodename, "-Q", queues, "-P", pool, "-c", str(concurrency),
             "--without-mingle", "--without-gossip", "-l", "WARNING",
         ]

@@ -13,12 +13,13 @@ from prometheus_client import CollectorRegistry
 
 from . import __version__
 from .brokers import QueueReader, reader_for
-from .collectors import Exporter, QueueCollector, model_collectors
+from .collectors import Exporter, QueueCollector, WebCollector, model_collectors
 from .config import Config, redact
 from .http import build_app, serve
 from .model import Model
 from .sources import SourceState, event_source
 from .webconfig import BasicAuth, ServerTLS
+from .webstats import WebStats
 
 log = logging.getLogger("celery_stalk")
 
@@ -118,9 +119,11 @@ def run(config: Config, beat_entries: list | None = None, beat_timezone: str = "
     discovery = QueueDiscovery(reader, model, config.queue_discovery_interval, stopping)
     schedule = redbeat_refresher(config, model, beat_timezone, stopping)
 
+    web_stats = WebStats()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Exporter(
-        [*model_collectors(model, source_state), QueueCollector(model, reader)], __version__
+        [*model_collectors(model, source_state), QueueCollector(model, reader), WebCollector(web_stats)],
+        __version__,
     ))
 
     def ready() -> tuple[bool, str]:
@@ -140,11 +143,12 @@ def run(config: Config, beat_entries: list | None = None, beat_timezone: str = "
             "broker": config.redacted_broker_url,
             "queues from --queue": ", ".join(config.queues) or "(none)",
         },
-        auth=BasicAuth(web.users) if web.users else None,
+        auth=BasicAuth(web.users, config.web_limits.auth_max_concurrent,
+                       config.web_limits.auth_max_failures, web_stats) if web.users else None,
     )
     try:
         tls = ServerTLS(web.tls) if web.tls else None
-        server = serve(app, config.listen_host, config.listen_port, tls)
+        server = serve(app, config.listen_host, config.listen_port, config.web_limits, web_stats, tls)
     except OSError as exc:
         log.error(
             "cannot listen on %s:%s (%s): pick a free port with --listen-address host:port",

@@ -110,7 +110,10 @@ def hash_password():
         raise click.UsageError("empty password: type one, or pipe it in")
     from .webconfig import hash_password as bcrypt_hash
 
-    click.echo(bcrypt_hash(password))
+    try:
+        click.echo(bcrypt_hash(password))
+    except ValueError as exc:  # longer than bcrypt takes
+        raise click.UsageError(str(exc))
 
 
 @main.command()

@@ -52,6 +52,11 @@ class Config:
     queue_read_timeout: float
     queue_discovery_interval: float
     web: webconfig.WebConfig
+    web_max_connections: int
+    web_max_client_connections: int
+    web_read_timeout: float
+    web_auth_max_concurrent: int
+    web_auth_max_failures: int
     log_level: str
     log_format: str
 
@@ -62,6 +67,12 @@ class Config:
     @property
     def listen_port(self) -> int:
         return self.listen_address[1]
+
+    @property
+    def web_limits(self) -> webconfig.WebLimits:
+        return webconfig.WebLimits(self.web_max_connections, self.web_max_client_connections,
+                                   self.web_read_timeout, self.web_auth_max_concurrent,
+                                   self.web_auth_max_failures)
 
     @property
     def transport(self) -> str:
@@ -145,14 +156,7 @@ class Parser:
                 "or set CELERY_STALK_BROKER_URL"
             )
             return ""
-        for url in raw.split(";"):
-            scheme = urlsplit(url.strip()).scheme
-            if scheme not in SUPPORTED_SCHEMES:
-                self._fail(
-                    f"--broker-url: scheme {scheme or '(none)'!r} is not supported: "
-                    f"use one of {', '.join(s + '://' for s in SUPPORTED_SCHEMES)}"
-                )
-                break
+        self.problems.extend(broker_url_problems(raw))
         return raw.strip()
 
     def file(self, option, raw: str | None) -> str | None:
@@ -313,6 +317,60 @@ class Parser:
         elif urlsplit(url).scheme not in ("redis", "rediss"):
             self._fail(f"--redbeat-url: {redact_url(url)!r} is not a Redis URL: "
                        "use redis://host:6379/0 or rediss://")
+
+
+def broker_url_problems(broker_url: str) -> list[str]:
+    """Why a --broker-url (one URL, or a failover list separated by ;) would not reach the
+    broker meant, one line each that names the fix; empty when it is fine.
+
+    kombu takes some URLs without a word and then talks to something else: a database
+    that is not a number becomes database 0, a failover list is consumed with the first
+    URL's transport and database whatever the others say. The URL in a message has its
+    password redacted.
+    """
+    urls = [url.strip() for url in broker_url.split(";") if url.strip()]
+    problems: list[str] = []
+    schemes: list[str] = []
+    databases: list[str] = []
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in SUPPORTED_SCHEMES:
+            return [
+                f"--broker-url: scheme {parts.scheme or '(none)'!r} is not supported: "
+                f"use one of {', '.join(s + '://' for s in SUPPORTED_SCHEMES)}"
+            ]
+        schemes.append(parts.scheme)
+        if parts.scheme == "filesystem":
+            continue
+        try:
+            parts.port  # raises on a port that is not a number, or out of range
+        except ValueError:
+            port = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+            example = "host:6379/0" if parts.scheme.startswith("redis") else "host:5672//"
+            problems.append(
+                f"--broker-url: port {port!r} in {redact_url(url)} is not a port number "
+                f"(1-65535): write host:port, as in {parts.scheme}://{example}"
+            )
+        if parts.scheme.startswith("redis"):
+            database = parts.path.strip("/") or "0"
+            if not (database.isascii() and database.isdigit()):
+                problems.append(
+                    f"--broker-url: database {database!r} in {redact_url(url)} is not a "
+                    f"number: name it by number, as in {parts.scheme}://host:6379/0"
+                )
+            databases.append(database)
+    if len(set(schemes)) > 1:
+        mixed = " and ".join(dict.fromkeys(scheme + "://" for scheme in schemes))
+        problems.append(
+            f"--broker-url: the failover URLs mix {mixed}: every URL of a failover list "
+            "must use the same scheme"
+        )
+    elif len(set(databases)) > 1:
+        problems.append(
+            f"--broker-url: the failover URLs name different databases "
+            f"({', '.join(dict.fromkeys(databases))}): the workers use one; name it in every URL"
+        )
+    return problems
 
 
 def _split_netloc_password(netloc: str) -> str | None:

@@ -8,84 +8,20 @@ fixed sentence about the broker connection, never data.
 from __future__ import annotations
 
 import html
-import logging
-import socket
-import ssl
-import threading
-import time
-from socketserver import ThreadingMixIn
 from typing import Callable
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry
 
 from .exposition import make_metrics_app
-
-from .webconfig import BasicAuth, ServerTLS
-
-log = logging.getLogger(__name__)
+from .httpserver import BoundedServer, client_key
+from .webconfig import BasicAuth, ServerTLS, Throttled, WebLimits
+from .webstats import WebStats
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-# A client that sends nothing (or never finishes a TLS handshake) must not
-# hold a thread, nor delay shutdown, for long.
-REQUEST_TIMEOUT = 10.0
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    # Request threads are daemons, and shutdown waits for the requests in
-    # flight itself (drain), with a deadline: a stuck client must not keep the
-    # process alive past its SIGTERM grace.
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    tls: ServerTLS | None = None
-
-    def server_activate(self):
-        super().server_activate()
-        self._in_flight = 0
-        self._idle = threading.Condition()
-        if self.tls is not None:
-            self.base_environ["HTTPS"] = "on"
-            self.base_environ["wsgi.url_scheme"] = "https"
-
-    def process_request_thread(self, request, client_address):
-        with self._idle:
-            self._in_flight += 1
-        try:
-            request.settimeout(REQUEST_TIMEOUT)
-            if self.tls is not None:
-                # Handshake here, on the request's own thread: a slow client
-                # must not block the accept loop.
-                request = self.tls.context().wrap_socket(request, server_side=True)
-            self.finish_request(request, client_address)
-        except (ssl.SSLError, OSError) as exc:  # plain HTTP on the TLS port, resets, timeouts
-            log.debug("connection from %s failed: %s", client_address[0], exc)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
-            with self._idle:
-                self._in_flight -= 1
-                self._idle.notify_all()
-
-    def drain(self, deadline: float) -> bool:
-        """Wait until the requests in flight are answered or ``deadline`` (monotonic)."""
-        with self._idle:
-            while self._in_flight:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._idle.wait(left)
-        return True
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args):  # access logs would drown the useful ones
-        pass
+# Every endpoint only reads. HEAD answers as GET without the body (the same
+# headers, Content-Length included); anything else, TRACE included, gets 405.
+METHODS = ("GET", "HEAD", "OPTIONS")
+ALLOW = ("Allow", ", ".join(METHODS))
 
 
 def build_app(
@@ -98,13 +34,32 @@ def build_app(
     metrics_app = make_metrics_app(registry)
 
     def plain(start_response, status: str, body: str, headers=()):
-        start_response(status, [("Content-Type", "text/plain; charset=utf-8"), *headers])
-        return [body.encode()]
+        data = body.encode()
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                                ("Content-Length", str(len(data))), *headers])
+        return [data]
 
     def app(environ, start_response):
+        method = environ.get("REQUEST_METHOD")
+        if method not in METHODS:
+            return plain(start_response, "405 Method Not Allowed", "method not allowed: use GET or HEAD\n", [ALLOW])
+        if method == "OPTIONS":
+            start_response("200 OK", [ALLOW, ("Content-Length", "0")])
+            return []
+        if method == "HEAD":
+            environ = {**environ, "REQUEST_METHOD": "GET"}
+            return _without_body(route(environ, start_response))
+        return route(environ, start_response)
+
+    def route(environ, start_response):
         path = environ.get("PATH_INFO", "/")
         if auth is not None and path not in OPEN_PATHS:
-            if not auth.check(environ.get("HTTP_AUTHORIZATION")):
+            try:
+                ok = auth.check(environ.get("HTTP_AUTHORIZATION"), client_key(environ.get("REMOTE_ADDR", "")))
+            except Throttled as exc:
+                return plain(start_response, "429 Too Many Requests", f"{exc}\n",
+                             [("Retry-After", str(exc.retry_after))])
+            if not ok:
                 return plain(start_response, "401 Unauthorized", "unauthorized\n",
                              [("WWW-Authenticate", 'Basic realm="celery-stalk", charset="UTF-8"')])
         if path == "/metrics":
@@ -117,8 +72,10 @@ def build_app(
             ok, why = ready()
             return plain(start_response, "200 OK" if ok else "503 Service Unavailable", why + "\n")
         if path == "/":
-            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
-            return [_landing_page(landing).encode()]
+            page = _landing_page(landing).encode()
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                                      ("Content-Length", str(len(page)))])
+            return [page]
         return plain(start_response, "404 Not Found", "not found: try /metrics\n")
 
     return app
@@ -137,8 +94,15 @@ def _landing_page(facts: dict[str, str]) -> str:
     )
 
 
-def serve(app, host: str, port: int, tls: ServerTLS | None = None) -> _Server:
+def _without_body(body) -> list:
+    """The response of a GET, for a HEAD: its headers were sent by start_response."""
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
+    return []
+
+
+def serve(app, host: str, port: int, limits: WebLimits, stats: WebStats,
+          tls: ServerTLS | None = None) -> BoundedServer:
     """Bind now (so a taken port fails at start); the caller runs serve_forever."""
-    base = _Server6 if ":" in host else _Server
-    server_class = type(base.__name__, (base,), {"tls": tls})
-    return make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+    return BoundedServer((host, port), app, limits, stats, tls)

@@ -65,8 +65,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("broker-ssl-option", "key=value for TLS to the broker (rediss://, amqps://), used by the "
            "event consumer and the queue reader: ca_certs, certfile, keyfile (PEM files), cert_reqs "
            "(required, the default; optional; none) (repeatable).", "broker_ssl", repeatable=True, name="broker_ssl"),
-    Option("worker-timeout", "Seconds without a heartbeat before a worker is reported down "
-           "(at least 2.5 of the worker's heartbeat intervals).", "seconds", "20", model=True),
+    Option("worker-timeout", "Seconds without a heartbeat before a worker is reported down. Each "
+           "worker gets at least 2.5 of its own heartbeat intervals (5 s at Celery's default 2 s), "
+           "so a value below that applies only to workers that heartbeat faster.", "seconds", "20",
+           model=True),
     Option("worker-ttl", "Seconds after which a down worker's series are forgotten; fleet totals "
            "are kept.", "seconds", "900", model=True),
     Option("max-tracked-tasks", "Tasks in flight kept to join events on the task id.", "count",
@@ -116,6 +118,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("web-config-file", "YAML file that turns on TLS and basic auth for the HTTP endpoints "
            "(the Prometheus exporter-toolkit format: tls_server_config, basic_auth_users).",
            "web_config", name="web"),
+    # What a client may cost the HTTP server (httpserver.py, webconfig.BasicAuth).
+    Option("web-max-connections", "HTTP connections open at once; past it new ones wait in the "
+           "listen backlog, and one still sending its request after 0.25 s is closed to make room.",
+           "count", "256"),
+    Option("web-max-client-connections", "HTTP connections open at once from one client address "
+           "(IPv6: one /64); past it new ones are refused (503).", "count", "16"),
+    Option("web-read-timeout", "Seconds a client has for the TLS handshake and its whole request "
+           "head (at most 16 KiB) before the connection is closed.", "seconds", "5"),
+    Option("web-auth-max-concurrent", "Basic auth password checks (bcrypt) run at once; others "
+           "wait up to 2 s, then get 429.", "count", "2"),
+    Option("web-auth-max-failures", "Wrong basic auth passwords a client address may send per "
+           "minute; past it, 429 without checking.", "count", "10"),
     Option("log-level", "debug, info, warning or error.", "choice", "info",
            arg=("debug", "info", "warning", "error")),
     Option("log-format", "text or json.", "choice", "text", arg=("text", "json")),

@@ -23,15 +23,19 @@ import base64
 import binascii
 import hashlib
 import logging
+import math
 import os
 import re
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import bcrypt
 import yaml
+
+from .webstats import WebStats
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3
 TLS_KEYS = ("cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version")
 BCRYPT_HASH = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
 RELOAD_CHECK_INTERVAL = 1.0  # seconds between looks at the certificate files' mtimes
+MAX_PASSWORD_BYTES = 72  # bcrypt uses no more (and bcrypt 5 refuses longer ones)
 
 
 class WebConfigError(ValueError):
@@ -109,27 +114,88 @@ class ServerTLS:
             log.warning("cannot reload the TLS certificate (%s); still serving the previous one", exc)
 
 
-class BasicAuth:
-    """Checks ``Authorization: Basic`` headers against bcrypt hashes.
+class Throttled(Exception):
+    """A password check refused without running bcrypt; answer 429 with Retry-After."""
 
-    bcrypt is slow on purpose (~50-100 ms per check at cost 10), so a
-    verified user/password pair is remembered (as a SHA-256 digest, never the
-    password itself) and later scrapes cost a hash lookup.
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class FailureBudget:
+    """Wrong passwords each client may try: ``per_minute`` a minute, as a token bucket
+    (a burst of that many, then one every 60/per_minute s). Clients are keyed by
+    address (httpserver.client_key); the least recently seen are forgotten past
+    MAX_CLIENTS, which only ever gives a client its full budget back."""
+
+    MAX_CLIENTS = 4096
+
+    def __init__(self, per_minute: int, clock=time.monotonic):
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, when)
+        self._lock = threading.Lock()
+
+    def take(self, client: str) -> bool:
+        """Spend one attempt of ``client``'s; False if it has none left."""
+        with self._lock:
+            tokens = self._tokens(client)
+            if tokens < 1:
+                return False
+            self._set(client, tokens - 1)
+            return True
+
+    def refund(self, client: str) -> None:
+        """The attempt was a right password: it costs nothing."""
+        with self._lock:
+            self._set(client, min(self.capacity, self._tokens(client) + 1))
+
+    def retry_after(self) -> int:
+        return max(1, math.ceil(1 / self.rate))
+
+    def _tokens(self, client: str) -> float:
+        tokens, when = self._buckets.get(client, (self.capacity, self.clock()))
+        return min(self.capacity, tokens + (self.clock() - when) * self.rate)
+
+    def _set(self, client: str, tokens: float) -> None:
+        self._buckets[client] = (tokens, self.clock())
+        self._buckets.move_to_end(client)
+        while len(self._buckets) > self.MAX_CLIENTS:
+            self._buckets.popitem(last=False)
+
+
+class BasicAuth:
+    """Checks ``Authorization: Basic`` headers against bcrypt hashes, at a bounded cost.
+
+    bcrypt is slow on purpose (~50-250 ms of CPU per check at cost 10-12), so:
+    a verified user/password pair is remembered (as a SHA-256 digest, never the
+    password itself) and later scrapes cost a hash lookup, even while others
+    are throttled; at most ``max_concurrent`` checks run at once (others wait
+    up to BUSY_WAIT, then get 429); each client address may get the password
+    wrong ``max_failures`` times a minute (then 429 without a check).
     """
 
     MAX_REMEMBERED = 1000  # a few users with a few passwords each
+    BUSY_WAIT = 2.0  # seconds a check waits for a free slot before 429
 
-    def __init__(self, users: dict[str, bytes]):
+    def __init__(self, users: dict[str, bytes], max_concurrent: int, max_failures: int,
+                 stats: WebStats):
         self.users = users
+        self.stats = stats
         self._verified: set[bytes] = set()
         self._lock = threading.Lock()
+        self._checks = threading.BoundedSemaphore(max_concurrent)
+        self._failures = FailureBudget(max_failures)
         # Checked against when the user is unknown, at the same cost, so a
         # wrong user name takes as long as a wrong password and does not
         # reveal which users exist.
         cost = max(int(BCRYPT_HASH.match(h.decode()).group(1)) for h in users.values()) if users else 4
         self._dummy_hash = bcrypt.hashpw(b"celery-stalk", bcrypt.gensalt(rounds=cost))
 
-    def check(self, header: str | None) -> bool:
+    def check(self, header: str | None, client: str = "") -> bool:
+        """True for a right user and password; raises Throttled instead of checking
+        when ``client`` is out of attempts or too many checks are running."""
         if not header or header[:6].lower() != "basic ":
             return False
         try:
@@ -143,13 +209,43 @@ class BasicAuth:
         with self._lock:
             if key in self._verified:
                 return True
+        if not self._failures.take(client):
+            self.stats.throttled("client_failures")
+            raise Throttled("too many wrong passwords from this address: wait",
+                            self._failures.retry_after())
+        secret = password.encode()
         hashed = self.users.get(user)
-        ok = bcrypt.checkpw(password.encode(), hashed or self._dummy_hash) and hashed is not None
+        if len(secret) > MAX_PASSWORD_BYTES:  # no bcrypt hash can match it (bcrypt refuses it)
+            ok = False
+        elif not self._checks.acquire(timeout=self.BUSY_WAIT):
+            self._failures.refund(client)
+            self.stats.throttled("busy")
+            raise Throttled("too many password checks at once: retry", 1)
+        else:
+            try:
+                ok = bcrypt.checkpw(secret, hashed or self._dummy_hash) and hashed is not None
+            finally:
+                self._checks.release()
         if ok:
+            self._failures.refund(client)
             with self._lock:
                 if len(self._verified) < self.MAX_REMEMBERED:
                     self._verified.add(key)
+        else:
+            self.stats.auth_failed()
         return ok
+
+
+@dataclass(frozen=True)
+class WebLimits:
+    """What a client may cost the HTTP server before and during authentication
+    (the --web-* flags of options.py; httpserver.py and BasicAuth enforce them)."""
+
+    max_connections: int
+    max_client_connections: int
+    read_timeout: float  # seconds for the TLS handshake and the request head
+    auth_max_concurrent: int
+    auth_max_failures: int  # wrong passwords per client address per minute
 
 
 @dataclass(frozen=True)
@@ -266,4 +362,11 @@ def _is_bcrypt(value: object) -> bool:
 
 
 def hash_password(password: str, rounds: int = 12) -> str:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=rounds)).decode()
+    """The bcrypt hash of ``password``; ValueError with the fix for one bcrypt cannot take."""
+    secret = password.encode()
+    if len(secret) > MAX_PASSWORD_BYTES:
+        raise ValueError(
+            f"the password is {len(secret)} bytes and bcrypt takes at most {MAX_PASSWORD_BYTES}: "
+            "choose a shorter one"
+        )
+    return bcrypt.hashpw(secret, bcrypt.gensalt(rounds=rounds)).decode()

@@ -15,10 +15,11 @@ from prometheus_client.exposition import choose_encoder
 
 from celery_stalk import __version__, exposition
 from celery_stalk.brokers import QueueDepth
-from celery_stalk.collectors import CATALOG, Exporter, QueueCollector, model_collectors
+from celery_stalk.collectors import CATALOG, Exporter, QueueCollector, WebCollector, model_collectors
 from celery_stalk.exposition import SeriesCounter, SeriesHistogram
 from celery_stalk.model import BeatEntry, HistogramView, Model, ModelSettings
 from celery_stalk.sources import SourceState
+from celery_stalk.webstats import WebStats
 from tests import events as ev
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "metrics.prom"
@@ -52,7 +53,8 @@ def render(model: Model, reader, now: float = 2000.0) -> str:
     source = SourceState()
     source.connected()
     exporter = Exporter([*model_collectors(model, source, clock=lambda: now),
-                         QueueCollector(model, reader)], __version__, clock=lambda: 0.0)
+                         QueueCollector(model, reader), WebCollector(WebStats())],
+                        __version__, clock=lambda: 0.0)
     registry.register(exporter)
     return generate_latest(registry).decode()
 

@@ -83,7 +83,7 @@ def test_retry_same_id_received_again_counts_each_event_and_keeps_the_name():
         ev.started("t1", at=101.0),
         ev.retried("t1", at=101.5),
         # the worker re-sends the task with a countdown: a new task-sent, same id
-        ev.sent("t1", "app.flaky", "work", at=101.6),
+        ev.sent("t1", "app.flaky", "work", at=101.6, retries=1),
         ev.received("t1", "app.flaky", at=101.7, retries=1),
         ev.started("t1", at=103.6),
         ev.succeeded("t1", runtime=0.1, at=103.7),
@@ -110,7 +110,10 @@ def test_retry_without_sent_events_still_names_every_event():
         ev.started("t1"),
         ev.failed("t1", exception="IOError('down')"),
     ]
-    snap = replay(Model(), events)
+    model = Model()
+    replay(model, events)
+    model.tick(1000.0 + model.settings.queue_hold)  # no task-sent came: counted anyway
+    snap = model.snapshot(1000.0)
     assert snap.counters["task-retried"] == {("app.flaky", UNKNOWN): 1}
     assert snap.counters["task-failed"] == {("app.flaky", UNKNOWN): 1}
     assert snap.name_unknown == {}
@@ -379,6 +382,7 @@ def test_malformed_events_are_counted_and_skipped(event, reason):
     model = Model()
     model.apply(event, 1.0)
     model.apply(ev.received("t1", "app.ok"), 1.0)
+    model.tick(1.0 + model.settings.queue_hold)  # held for a task-sent that does not come
     snap = model.snapshot(1.0)
     assert snap.invalid == {reason: 1}
     assert snap.counters["task-received"] == {("app.ok", UNKNOWN): 1}

@@ -20,9 +20,12 @@ def apply(m: Model, events, now: float) -> None:
 
 
 def settled(m: Model, now: float):
-    """Tick past the settle period and return the snapshot."""
-    m.tick(now + SETTLE)
-    return m.workflow_snapshot(now + SETTLE)
+    """Tick past the hold of events waiting for a task-sent (ModelSettings.queue_hold), then
+    past the settle period, and return the snapshot."""
+    released = now + ModelSettings().queue_hold + 0.1
+    m.tick(released)
+    m.tick(released + SETTLE)
+    return m.workflow_snapshot(released + SETTLE)
 
 
 def hist_count(hist) -> int:
@@ -148,9 +151,12 @@ def test_without_task_sent_events_a_child_is_followed_only_if_received_while_its
               ev.succeeded("b", at=102.0)], 100.5)
     snap = settled(m, 105.0)
     assert snap.workflows_finished == {("app.fan_out", "succeeded"): 1}
-    # without the root's task-sent, the workflow starts when the root started (100.1)
-    assert snap.workflow_duration["app.fan_out"].total == pytest.approx(102.0 - 100.1)
-    # a chain's next step is received after the step before it finished: not followed
+    # without the root's task-sent, the workflow starts when the root was received
+    assert snap.workflow_duration["app.fan_out"].total == pytest.approx(102.0 - 100.0)
+    # a chain's next step is received after the step before it finished: not followed, once
+    # the exporter knows the name's producers send no task-sent (it stops holding its events)
+    apply(m, [ev.received("w", "app.fetch", at=150.0), ev.succeeded("w", at=150.5)], 150.0)
+    m.tick(150.0 + ModelSettings().queue_hold + 0.1)
     apply(m, [ev.received("x", "app.fetch", at=200.0), ev.started("x", at=200.1),
               ev.succeeded("x", at=200.5),
               ev.received("y", "app.parse", at=201.0, root_id="x", parent_id="x"),

@@ -2,9 +2,9 @@
 
 One collector per file, each reading its own part of the model (or the broker)
 and nothing kept between scrapes: tasks.py, workers.py, workflows.py, beat.py,
-queues.py and exporter.py (the exporter's own health). Exporter runs them in turn and
-reports each one's success and duration, so one failing part does not hide
-the others. The catalog of every metric is catalog.py.
+queues.py, exporter.py (the exporter's own health) and web.py (the HTTP server's).
+Exporter runs them in turn and reports each one's success and duration, so one
+failing part does not hide the others. The catalog of every metric is catalog.py.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from .catalog import CATALOG, family
 from .exporter import ExporterCollector
 from .queues import CollectorFailed, QueueCollector
 from .tasks import TaskCollector
+from .web import WebCollector
 from .workers import WorkerCollector
 from .workflows import WorkflowCollector
 
 __all__ = ["CATALOG", "BeatCollector", "CollectorFailed", "Exporter", "ExporterCollector",
-           "QueueCollector", "TaskCollector", "WorkerCollector", "WorkflowCollector",
-           "model_collectors"]
+           "QueueCollector", "TaskCollector", "WebCollector", "WorkerCollector",
+           "WorkflowCollector", "model_collectors"]
 
 log = logging.getLogger(__name__)
 

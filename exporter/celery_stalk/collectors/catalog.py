@@ -30,11 +30,20 @@ class Metric:
 _TASK = ("task", "queue")
 
 
+# Events that end a run of a task (README, "Failures, rejections and retries").
+_ENDS = ("task-succeeded", "task-failed", "task-revoked", "task-rejected")
+
+
 def task_counter(event: str) -> Metric:
     verb = event.removeprefix("task-")
+    text = f"Tasks {verb}: count of {event} events"
+    if event in _ENDS:
+        text += ", one end per run of a task (a second end Celery sends for it is not counted)"
+    if event == "task-failed":
+        text += "; a raised Reject counts as rejected, not failed"
     return Metric(
         f"celery_task_{verb}_total", "counter", _TASK,
-        f"Tasks {verb}: count of {event} events. Task name and queue joined on the task id.",
+        f"{text}. Task name and queue joined on the task id.",
     )
 
 
@@ -43,12 +52,14 @@ CATALOG: dict[str, Metric] = {
     for m in [
         *(task_counter(event) for event in TASK_EVENTS),
         Metric("celery_task_exceptions_total", "counter", _TASK + ("exception",),
-               "Failed tasks by exception class name (never the message), from task-failed events."),
+               "Failed tasks by exception class name (never the message), from task-failed "
+               "events; billiard's ExceptionWithTraceback is unwrapped from the traceback."),
         Metric("celery_task_runtime_seconds", "histogram", _TASK,
                "Task run time in seconds, from the runtime field of task-succeeded events."),
         Metric("celery_task_queue_wait_seconds", "histogram", _TASK,
-               "Seconds from task-sent (or the task's ETA/countdown, if later) to task-started; "
-               "observed only for tasks whose task-sent event was seen."),
+               "Seconds from task-sent (or the task's ETA/countdown, if later) to task-started, "
+               "once per run: a retry from its own task-sent, a requeued message from its "
+               "task-rejected; observed only for tasks whose task-sent event was seen."),
         Metric("celery_queue_messages", "gauge", ("queue",),
                "Ready messages in the broker queue: Redis LLEN of the list and its priority "
                "sub-lists, RabbitMQ passive queue.declare."),
@@ -135,8 +146,8 @@ CATALOG: dict[str, Metric] = {
                "Task events whose task name could not be joined on the task id (the event "
                "carries none and no task-sent/received was seen); counted under task=\"unknown\"."),
         Metric("celery_stalk_queue_wait_clock_skew_total", "counter", (),
-               "Queue waits that came out negative (observed as 0) or longer than 30 days (not "
-               "observed) because producer and worker clocks disagree."),
+               "Queue waits that came out more than 1 s negative (observed as 0) or longer than "
+               "30 days (not observed) because producer and worker clocks disagree."),
         Metric("celery_stalk_tracked_tasks", "gauge", (),
                "Tasks in flight kept for joining events (bounded by --max-tracked-tasks)."),
         Metric("celery_stalk_tracked_tasks_evicted_total", "counter", (),
@@ -172,6 +183,23 @@ CATALOG: dict[str, Metric] = {
                "Times no event at all arrived for --events-stall-timeout while workers were up "
                "(a half-open connection or a pub/sub subscription lost in a broker failover), "
                "so the event consumer reconnected."),
+        Metric("celery_stalk_http_connections", "gauge", (),
+               "HTTP connections open now, sending a request or being answered (at most "
+               "--web-max-connections; more wait in the listen backlog)."),
+        Metric("celery_stalk_http_rejected_total", "counter", ("reason",),
+               "HTTP connections or requests turned away before any handler ran, by reason: "
+               "client_connection_limit (--web-max-client-connections open from that address; "
+               "refused at once), evicted_slow (still sending its request after 0.25 s, closed "
+               "to make room while --web-max-connections are open), read_timeout (TLS handshake "
+               "and request head not received within --web-read-timeout), too_large (request "
+               "head over 16 KiB, or a request body), bad_request (not HTTP), tls_handshake "
+               "(failed TLS handshake)."),
+        Metric("celery_stalk_http_auth_failures_total", "counter", (),
+               "Basic auth attempts with a wrong user or password."),
+        Metric("celery_stalk_http_auth_throttled_total", "counter", ("reason",),
+               "Basic auth attempts answered 429 without checking the password, by reason: "
+               "client_failures (the client address used up --web-auth-max-failures wrong "
+               "passwords a minute), busy (--web-auth-max-concurrent password checks running)."),
         Metric("celery_stalk_collector_success", "gauge", ("collector",),
                "1 if the collector succeeded in this scrape, else 0."),
         Metric("celery_stalk_collector_duration_seconds", "gauge", ("collector",),

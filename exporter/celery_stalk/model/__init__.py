@@ -82,7 +82,8 @@ class Model:
         self.workflows = WorkflowTracker(s, self.tracker)
         self.ledger.on_forget_task.append(self.workflows.forget_name)
         self.beat = BeatTracker(s)
-        self.tasks = TaskEvents(self.ledger, self.tracker, task_routes, self.workflows, self.beat)
+        self.tasks = TaskEvents(self.ledger, self.tracker, task_routes, s, self.workflows,
+                                self.beat)
         self.workers = WorkerRegistry(s)
         self._lock = threading.Lock()
         self._events: dict[str, int] = {}
@@ -158,10 +159,12 @@ class Model:
             return self.workers.expected_event_interval()
 
     def tick(self, now: float) -> None:
-        """Declare silent workers lost and forget workers gone for worker_ttl; close
-        settled workflows; count the periodic runs that are past due."""
+        """Declare silent workers lost, forget workers gone for worker_ttl, count the
+        held events of tasks whose task-sent did not come in time, close settled
+        workflows and count the periodic runs that are past due."""
         with self._lock:
             self.workers.tick(now)
+            self.tasks.release_expired(now)
             self.workflows.tick(now)
             self.beat.tick(now)
 

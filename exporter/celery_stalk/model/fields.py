@@ -21,6 +21,10 @@ MAX_TASK_ID_LENGTH = 256  # Celery task ids are 36-character UUIDs
 # Durations beyond this are clock errors, not waits or run times: observing
 # them would poison the histogram's _sum for good.
 MAX_DURATION = 30 * 24 * 3600.0
+# Celery stamps task-sent after publishing the task, so a fast worker can start it
+# a few milliseconds "before" it was sent, on one clock. A wait that negative is
+# observed as 0 and is not clock skew; only clocks further apart are counted.
+SEND_STAMP_LAG = 1.0
 MAX_HEARTBEAT_INTERVAL = 3600.0  # a larger freq would keep a dead worker "up" forever
 MAX_GAUGE_INT = 2**53  # exactly representable as a float sample
 
@@ -55,6 +59,13 @@ def label_refusal(value: object) -> str | None:
     if not isinstance(value, str):
         return MISSING_FIELD
     return BAD_VALUE if label_value(value) is None else None
+
+
+def run_of(event: dict) -> int | None:
+    """Which run of its task an event belongs to: its ``retries`` number (task-sent
+    and task-received carry it)."""
+    retries = event.get("retries")
+    return retries if type(retries) is int else None
 
 
 def runnable_from(sent: float | None, eta: object) -> float | None:

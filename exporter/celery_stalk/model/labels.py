@@ -23,8 +23,18 @@ OTHER = "other"
 MAX_LABEL_LENGTH = 300
 
 # ``safe_repr(exc)`` as Celery sends it: "ValueError('boom')",
-# "celery.exceptions.SoftTimeLimitExceeded()", "TimeLimitExceeded(60.0,)".
-_EXCEPTION_CLASS = re.compile(r"\s*([A-Za-z_][\w.]*)")
+# "celery.exceptions.SoftTimeLimitExceeded()", "TimeLimitExceeded(60.0,)"; also
+# "module.Class: message" and a bare "Class". Anything else ("reject requeue=False:
+# not now", the repr of Celery's Reject) is a message, never a class name.
+_EXCEPTION_CLASS = re.compile(r"\s*([A-Za-z_][\w.]*)\s*(?:\(|:|$)")
+# The line a Python traceback ends with: "billiard.exceptions.TimeLimitExceeded: ...".
+_TRACEBACK_CLASS = re.compile(r"([A-Za-z_][\w.]*)(?::|$)")
+# billiard wraps an exception raised outside the task (a hard time limit, a pool
+# process lost under its task) so that its traceback survives pickling; Celery 5.3+
+# sends the wrapper's repr, "ExceptionWithTraceback()", and the real class only in
+# the traceback.
+WRAPPERS = frozenset({"ExceptionWithTraceback"})
+TRACEBACK_TAIL = 8192  # the final exception is at the end: never scan megabytes
 
 
 def label_value(value: object) -> str | None:
@@ -40,14 +50,38 @@ def label_value(value: object) -> str | None:
     return value
 
 
-def exception_class(text: object) -> str:
-    """Class name (no module, never the message) from a task-failed exception field."""
-    if not isinstance(text, str):
-        return UNKNOWN
-    match = _EXCEPTION_CLASS.match(text[: 4 * MAX_LABEL_LENGTH])
-    if not match:
-        return UNKNOWN
-    return label_value(match.group(1).rsplit(".", 1)[-1]) or UNKNOWN
+def exception_class(text: object, traceback: object = None) -> str:
+    """Class name (no module, never the message) of a task-failed event's exception:
+    from its ``exception`` field, else (billiard's wrapper, or a repr not of the
+    ``Class(...)`` form) from the last exception of its ``traceback``."""
+    name = None
+    if isinstance(text, str):
+        match = _EXCEPTION_CLASS.match(text[: 4 * MAX_LABEL_LENGTH])
+        if match:
+            name = match.group(1).rsplit(".", 1)[-1]
+    if name is None or name in WRAPPERS:
+        name = _traceback_class(traceback) or name
+        if name in WRAPPERS:  # and no traceback to look through: the class is not known
+            name = None
+    return (label_value(name) if name else None) or UNKNOWN
+
+
+def _traceback_class(traceback: object) -> str | None:
+    """The class of the exception a formatted traceback ends with: the first
+    unindented line after its last frame ("  File ...")."""
+    if not isinstance(traceback, str) or not traceback:
+        return None
+    lines = traceback[-TRACEBACK_TAIL:].splitlines()
+    start = 0
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index].startswith("  File "):
+            start = index + 1
+            break
+    for line in lines[start:]:
+        if line and not line[0].isspace() and not line.startswith("Traceback "):
+            match = _TRACEBACK_CLASS.match(line)
+            return match.group(1).rsplit(".", 1)[-1] if match else None
+    return None
 
 
 class LabelCap:

@@ -27,3 +27,12 @@ class ModelSettings:
     # Celery itself declares a worker offline after 2.5 heartbeat intervals;
     # a worker whose own heartbeat interval is long gets at least that much.
     heartbeat_grace_factor: float = 2.5
+    # Ids of tasks that ended, kept so that a second end of the same run (Celery 5.3+
+    # sends two task-failed per hard time limit) is not counted again. Duplicates
+    # follow the first within milliseconds; 10,000 ids take about 1 MB.
+    ended_task_memory: int = 10_000
+    # Seconds a task's events are held for its task-sent while nothing else can name
+    # its queue (README, "Which queue a task is counted under"). The task-sent is
+    # normally milliseconds late; the margin is for a producer starved of CPU, since
+    # a wrong queue label stays in the counters for good and a late count does not.
+    queue_hold: float = 5.0

@@ -4,15 +4,57 @@ from __future__ import annotations
 
 
 class TrackedTask:
-    __slots__ = ("name", "queue", "sent", "eligible", "started", "wait_observed")
+    """One task id between its events.
+
+    A task runs once per delivery: its first run, each retry (a message of its own,
+    ``retries`` one higher) and each redelivery of a requeued message. The queue wait
+    of a run is measured from when that run's message became runnable: its task-sent
+    (or ETA/countdown, if later), or the task-rejected that requeued it.
+    """
+
+    __slots__ = ("name", "queue", "settled", "run", "started", "earlier_starts", "ready_run",
+                 "ready", "more_ready", "held", "first")
 
     def __init__(self) -> None:
         self.name: str | None = None
         self.queue: str | None = None
-        self.sent: float | None = None  # producer's timestamp of task-sent
-        self.eligible: float | None = None  # ETA/countdown: not runnable before this
-        self.started: float | None = None  # worker's timestamp of task-started
-        self.wait_observed = False
+        # Its events are no longer held for a task-sent: its own came (its queue is
+        # known), or holding gave up.
+        self.settled = False
+        self.run: int | None = None  # retries number of the current delivery
+        self.started: float | None = None  # current run's task-started, wait not yet observed
+        # Starts of earlier runs still waiting for their task-sent when the next run was
+        # delivered (a producer's task-sent that came after the retry): run -> started.
+        self.earlier_starts: dict[int | None, float] | None = None
+        # When runs became runnable, until their start is observed: one in two slots
+        # (the usual case); more (a retry's task-sent that overtook the run it
+        # retries) in a dict made only then.
+        self.ready_run: int | None = None
+        self.ready: float | None = None
+        self.more_ready: dict[int | None, float] | None = None
+        self.held: list | None = None  # (event type, detail) held until the queue is known
+        # Its task-sent's timestamp, else its first task-received's: when a workflow it is
+        # the root of started.
+        self.first: float | None = None
+
+    def add_ready(self, run: int | None, at: float) -> None:
+        if self.ready is None or self.ready_run == run:
+            self.ready_run, self.ready = run, at
+        else:
+            if self.more_ready is None:
+                self.more_ready = {}
+            self.more_ready[run] = at
+
+    def take_ready(self, run: int | None) -> float | None:
+        """When ``run`` (None: whichever is known) became runnable; forgotten once taken."""
+        if self.ready is not None and (run is None or self.ready_run == run):
+            at, self.ready = self.ready, None
+            if self.more_ready:  # the next one moves into the slots
+                self.ready_run, self.ready = self.more_ready.popitem()
+            return at
+        if self.more_ready and run in self.more_ready:
+            return self.more_ready.pop(run)
+        return None
 
 
 class TaskTracker:
@@ -52,6 +94,36 @@ class TaskTracker:
         if task is None:
             task = self.old.pop(task_id, None)
         return task
+
+    def put_back(self, task_id: str, task: TrackedTask) -> None:
+        """Keep a task just popped after all (its events are held)."""
+        self.young[task_id] = task
+
+    def __len__(self) -> int:
+        return len(self.young) + len(self.old)
+
+
+class RecentIds:
+    """About the last ``limit`` ids added, in two generations like TaskTracker: O(1), bounded."""
+
+    __slots__ = ("half", "young", "old")
+
+    def __init__(self, limit: int):
+        self.half = max(1, limit // 2)
+        self.young: set[str] = set()
+        self.old: set[str] = set()
+
+    def add(self, item: str) -> None:
+        if len(self.young) >= self.half:
+            self.old, self.young = self.young, set()
+        self.young.add(item)
+
+    def discard(self, item: str) -> None:
+        self.young.discard(item)
+        self.old.discard(item)
+
+    def __contains__(self, item: str) -> bool:
+        return item in self.young or item in self.old
 
     def __len__(self) -> int:
         return len(self.young) + len(self.old)

@@ -8,8 +8,8 @@ set with more than one task, labelled by the root task's name (its ``task``
 label, so it is capped with task names).
 
 - It starts with its root: the root's task-sent timestamp (without task-sent
-  events, when the root started). It is counted as started when its second
-  task appears.
+  events, its task-received's). It is counted as started when its second task
+  appears.
 - It is done when none of its tasks has been in flight for ``settle`` seconds
   (exporter's clock): a chain's next step, a chord's callback or a retried
   chord unlock is sent before the task that sends it finishes, but its events
@@ -96,7 +96,7 @@ class WorkflowSnapshot:
 
 
 def _first_seen(task: TrackedTask) -> float | None:
-    return task.sent if task.sent is not None else task.started
+    return task.first
 
 
 class WorkflowTracker:
@@ -169,6 +169,12 @@ class WorkflowTracker:
             return
         self._finished(workflow, task_id, task.name if task is not None else None,
                        failure, event.get("timestamp"), now)
+
+    def end_seen(self, task_id: str, event: dict) -> None:
+        """The end of a task whose events are held (TaskEvents): its time, for the duration."""
+        workflow = self.member_of.get(task_id)
+        if workflow is not None:
+            self._end_at(workflow, event.get("timestamp"))
 
     def tick(self, now: float) -> None:
         """Close the workflows idle for the settle period."""
