@@ -3,6 +3,7 @@ nested chain, chord_unlock polling), counted exactly by the exporter over /metri
 
 from __future__ import annotations
 
+import gc
 import socket
 import time
 from datetime import timezone
@@ -36,7 +37,11 @@ def workflows(redis_server, fleet, tmp_path, request):
     worker = fleet(WorkerProcess(url, f"wf-{request.param}@{HOST}", concurrency=4,
                                  app="tests.workflow_app", env={"STALK_TEST_BACKEND": backend}))
     wait_worker_up(exporter, worker.nodename)
-    return exporter, make_app(url, backend)
+    producer = make_app(url, backend)
+    yield exporter, producer
+    # Results unsubscribe from the Redis backend when collected: now, while Redis is up.
+    gc.collect()
+    producer.close()
 
 
 def finished(exporter, workflow: str, outcome: str, count: int = 1):
