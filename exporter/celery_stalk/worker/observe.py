@@ -1,0 +1,205 @@
+"""A task's life as the worker lives it, turned into the exporter's task metrics.
+
+Celery sends every task event from the worker's Request object, in the process
+that owns the request: the main process under prefork (the pool processes only
+run the task body and hand back the outcome), the same process for threads,
+solo, gevent and eventlet. ``ObservedRequest`` is put in front of each task's
+Request class, so every ``send_event`` call is seen, with the request at hand,
+whether the event then goes out (-E) or is dropped (events off): the counts are
+exactly what the exporter would count from the same events. Received is Celery's
+``task_received`` signal, which fires in that process too.
+
+Two differences, on purpose. Celery 5.7 sends task-failed twice for a task
+killed by its hard time limit (once from the pool's failure callback, once from
+its timeout handler): here each transition counts once per delivery. And the
+first of those names the exception ``ExceptionWithTraceback`` (billiard's
+wrapper): here the wrapped class is named (TimeLimitExceeded, WorkerLostError),
+taken from the failure callback, which has the exception itself.
+
+Nothing here may break a task: every error is counted in
+celery_stalk_instrumentation_errors_total and logged, and the task goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from ..model import exception_class
+from .counts import TaskCounts
+
+log = logging.getLogger("celery_stalk.worker")
+
+# Message headers stamped by an instrumented producer (publish.py).
+SENT_HEADER = "celery_stalk_sent"
+QUEUE_HEADER = "celery_stalk_queue"
+
+WRAPPER = "ExceptionWithTraceback"  # billiard's, around an exception made in the main process
+TERMINAL_OR_ONCE = ("task-started", "task-succeeded", "task-failed", "task-retried",
+                    "task-rejected", "task-revoked")
+
+
+class Errors:
+    """Counts instrumentation errors; logs the first of each kind with its traceback.
+
+    Called from inside an ``except`` block. ``count(where)`` counts it where it is
+    served (a pool process sends it to the main process)."""
+
+    def __init__(self, count: Callable[[str], None]):
+        self.count = count
+        self.logged: set[str] = set()
+
+    def __call__(self, where: str) -> None:
+        try:
+            self.count(where)
+            if where not in self.logged:
+                self.logged.add(where)
+                log.exception("celery-stalk instrumentation error in %s (the task was not "
+                              "affected; counted in celery_stalk_instrumentation_errors_total, "
+                              "later ones logged at debug)", where)
+            else:
+                log.debug("celery-stalk instrumentation error in %s", where, exc_info=True)
+        except Exception:  # pragma: no cover - the last line of defence
+            pass
+
+
+def queue_of(request: Any) -> object:
+    """The queue a task was sent to: the instrumented producer's stamp, else the routing key."""
+    queue = request.request_dict.get(QUEUE_HEADER)
+    if queue:
+        return queue
+    return (request.delivery_info or {}).get("routing_key")
+
+
+def runnable_since(request: Any) -> float | None:
+    """When the task could first run: sent (the producer's stamp), or its ETA if later."""
+    sent = request.request_dict.get(SENT_HEADER)
+    if not isinstance(sent, (int, float)) or isinstance(sent, bool):
+        return None
+    eta = request.eta
+    if eta is not None:
+        try:
+            return max(float(sent), eta.timestamp())
+        except (AttributeError, OverflowError, ValueError):
+            pass
+    return float(sent)
+
+
+class _Delivery:
+    """What is kept on a request between its transitions (it lives as long as the request)."""
+
+    __slots__ = ("labels", "runnable", "seen", "exception")
+
+    def __init__(self, labels, runnable):
+        self.labels = labels
+        self.runnable = runnable
+        self.seen: set[str] = set()
+        self.exception: str | None = None  # the class a wrapped exception wraps
+
+
+class Observer:
+    def __init__(self, counts: TaskCounts, errors: Errors):
+        self.counts = counts
+        self.errors = errors
+
+    def _delivery(self, request: Any) -> _Delivery:
+        delivery = request.__dict__.get("_stalk")
+        if delivery is None:  # revoked before it was received, or a task wrapped late
+            delivery = _Delivery(self.counts.labels(request.name, queue_of(request)),
+                                 runnable_since(request))
+            request.__dict__["_stalk"] = delivery
+        return delivery
+
+    def received(self, request: Any) -> None:
+        try:
+            if isinstance(request, ObservedRequest):
+                self.counts.count("task-received", self._delivery(request).labels)
+        except Exception:
+            self.errors("received")
+
+    def event(self, request: Any, kind: str, fields: dict) -> None:
+        try:
+            delivery = self._delivery(request)
+            if kind in delivery.seen or kind not in TERMINAL_OR_ONCE:
+                return
+            delivery.seen.add(kind)
+            labels = delivery.labels
+            if kind == "task-started":
+                wait = None
+                if delivery.runnable is not None and request.time_start is not None:
+                    wait = request.time_start - delivery.runnable
+                self.counts.started(labels, wait)
+            elif kind == "task-succeeded":
+                self.counts.succeeded(labels, fields.get("runtime"))
+            elif kind == "task-failed":
+                exception = exception_class(fields.get("exception"))
+                if exception == WRAPPER and delivery.exception:
+                    exception = delivery.exception
+                self.counts.failed(labels, exception)
+            else:
+                self.counts.count(kind, labels)
+        except Exception:
+            self.errors("request")
+
+    def failing(self, request: Any, exc_info: Any) -> None:
+        """The pool's failure callback: remember what a wrapper wraps."""
+        try:
+            exc = getattr(exc_info, "exception", None)
+            if type(exc).__name__ == WRAPPER:
+                inner = getattr(exc, "exc", None)
+                if inner is not None:
+                    self._delivery(request).exception = type(inner).__name__
+        except Exception:
+            self.errors("request")
+
+    def timed_out(self, request: Any, soft: bool) -> None:
+        try:
+            if not soft:
+                self.counts.killed()
+        except Exception:
+            self.errors("request")
+
+
+class ObservedRequest:
+    """Put before a task's own Request class (see wrap_requests)."""
+
+    __slots__ = ()
+    _stalk_observer: Observer
+
+    def send_event(self, type, **fields):
+        self._stalk_observer.event(self, type, fields)
+        return super().send_event(type, **fields)
+
+    def on_failure(self, exc_info, *args, **kwargs):
+        self._stalk_observer.failing(self, exc_info)
+        return super().on_failure(exc_info, *args, **kwargs)
+
+    def on_timeout(self, soft, timeout):
+        self._stalk_observer.timed_out(self, soft)
+        return super().on_timeout(soft, timeout)
+
+
+def wrap_requests(app, observer: Observer) -> int:
+    """Give every registered task a Request class that is observed; returns how many.
+
+    Runs when the worker starts, before its consumer builds the task strategies
+    (which read ``task.Request``). A task's own Request class is kept: the
+    observed one is a subclass of it.
+    """
+    from kombu.utils.imports import symbol_by_name
+
+    classes: dict[type, type] = {}
+    wrapped = 0
+    for task in app.tasks.values():
+        base = symbol_by_name(task.Request)
+        if issubclass(base, ObservedRequest):
+            continue
+        observed = classes.get(base)
+        if observed is None:
+            observed = classes[base] = type(
+                base.__name__, (ObservedRequest, base),
+                {"__slots__": (), "_stalk_observer": observer, "__module__": __name__},
+            )
+        task.Request = observed
+        wrapped += 1
+    return wrapped

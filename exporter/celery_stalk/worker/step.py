@@ -1,0 +1,136 @@
+"""The worker bootstep: the --stalk-* options, the observed requests, /metrics.
+
+The HTTP side is the exporter's (http.py build_app and serve, webconfig.py), so
+--stalk-web-config-file takes the same file as the exporter's --web-config-file:
+TLS, mTLS and basic auth, with /healthz and /readyz left open for probes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import click
+from celery import bootsteps
+from celery.exceptions import ImproperlyConfigured
+from prometheus_client import CollectorRegistry
+
+from .. import __version__, webconfig
+from ..collectors import Exporter, TaskCollector
+from ..http import build_app, serve
+from .collector import WorkerLocalCollector
+from .observe import wrap_requests
+
+log = logging.getLogger("celery_stalk.worker")
+
+DEFAULT_PORT = 9809
+
+CLI_OPTIONS = (
+    click.Option(["--stalk-port"], type=click.IntRange(0, 65535), envvar="CELERY_STALK_WORKER_PORT",
+                 help=f"celery-stalk: serve this worker's metrics on this port (e.g. {DEFAULT_PORT}; "
+                      "0 picks a free one). Without it the worker counts but serves nothing."),
+    click.Option(["--stalk-host"], default="0.0.0.0", envvar="CELERY_STALK_WORKER_HOST",
+                 show_default=True, help="celery-stalk: address to serve the worker's metrics on."),
+    click.Option(["--stalk-web-config-file"], envvar="CELERY_STALK_WORKER_WEB_CONFIG_FILE",
+                 help="celery-stalk: TLS and basic auth for the worker's metrics, in the format "
+                      "of the exporter's --web-config-file."),
+)
+
+
+def instrumentation():
+    from . import _instrumentation, unregister_producer  # made by install()
+
+    unregister_producer()  # a worker serves its sent counts on its own /metrics, not twice
+    return _instrumentation()
+
+
+class MetricsStep(bootsteps.StartStopStep):
+    """Observes the worker's requests from the start and serves /metrics while it runs."""
+
+    label = "celery-stalk"
+    # After the pool exists (read at scrape time); before the consumer, which is
+    # always started last and builds the task strategies from task.Request.
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker, stalk_port=None, stalk_host="0.0.0.0", stalk_web_config_file=None,
+                 **kwargs):
+        super().__init__(worker, **kwargs)
+        self.port, self.host = stalk_port, (stalk_host or "0.0.0.0").strip("[]")
+        self.web = _web_config(stalk_web_config_file)
+        self.server = None
+        instr = self.instr = instrumentation()
+        instr.worker = worker
+        if _is_prefork(worker):  # before the pool forks: its processes inherit the channel
+            instr.open_channel()
+        wrapped = wrap_requests(worker.app, instr.observer)
+        log.debug("celery-stalk: observing %d task types", wrapped)
+
+    def start(self, worker) -> None:
+        _keep_dispatcher_on(worker)
+        if self.port is None:
+            log.warning("celery-stalk: no --stalk-port (or CELERY_STALK_WORKER_PORT): this worker's "
+                        "metrics are counted but not served; start it with --stalk-port %d",
+                        DEFAULT_PORT)
+            return
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(Exporter([
+            TaskCollector(self.instr.counts),
+            WorkerLocalCollector(self.instr.counts, worker, self.instr.processes),
+        ], __version__))
+        app = build_app(
+            registry,
+            healthy=lambda: True,
+            ready=lambda: (True, "ready: serving the worker's metrics"),
+            landing={"version": __version__, "worker": worker.hostname},
+            auth=webconfig.BasicAuth(self.web.users) if self.web.users else None,
+        )
+        tls = webconfig.ServerTLS(self.web.tls) if self.web.tls else None
+        try:
+            self.server = serve(app, self.host, self.port, tls)
+        except OSError as exc:
+            raise ImproperlyConfigured(
+                f"celery-stalk: cannot listen on {self.host}:{self.port} "
+                f"({exc.strerror or exc}): pick a free port with --stalk-port"
+            ) from None
+        threading.Thread(target=self.server.serve_forever, name="celery-stalk-http",
+                         daemon=True).start()
+        log.info("celery-stalk: serving %s://%s:%s/metrics for %s", "https" if tls else "http",
+                 self.host, self.server.server_port, worker.hostname)
+
+    def stop(self, worker) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def _web_config(path: str | None) -> webconfig.WebConfig:
+    if not path:
+        return webconfig.WebConfig()
+    try:
+        return webconfig.load(path)
+    except webconfig.WebConfigError as exc:
+        problems = "; ".join(p.replace(webconfig.FLAG, "--stalk-web-config-file") for p in exc.problems)
+        raise ImproperlyConfigured(f"celery-stalk: {problems}") from None
+
+
+def _is_prefork(worker) -> bool:
+    from celery.concurrency.prefork import TaskPool
+
+    pool_cls = getattr(worker, "pool_cls", None)
+    return isinstance(pool_cls, type) and issubclass(pool_cls, TaskPool)
+
+
+def _keep_dispatcher_on(worker) -> None:
+    """Celery calls a request's send_event only while the worker's event dispatcher is
+    on, which it is unless the worker runs without -E, --without-heartbeat and
+    --without-gossip at once. Then turn it on for the worker group alone: nothing
+    more is published (no heartbeats, no task events), and every transition is seen."""
+    from celery.worker.consumer.events import Events
+
+    consumer = getattr(worker, "consumer", None)
+    steps = getattr(getattr(consumer, "blueprint", None), "steps", {}) or {}
+    for step in steps.values():
+        if isinstance(step, Events) and not step.send_events:
+            step.send_events = True
+            step.groups = ["worker"]
