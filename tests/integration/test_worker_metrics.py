@@ -44,11 +44,11 @@ def pool_available(pool: str) -> bool:
 
 POOLS = [
     # (pool, can it kill a task at its hard time limit, max_tasks_per_child, db)
-    pytest.param("prefork", True, 2, 11, id="prefork-max_tasks_per_child=2"),
-    pytest.param("threads", False, None, 12, id="threads"),
-    pytest.param("solo", False, None, 13, id="solo"),
-    pytest.param("gevent", True, None, 14, id="gevent"),
-    pytest.param("eventlet", False, None, 15, id="eventlet"),
+    pytest.param("prefork", True, 2, 9, id="prefork-max_tasks_per_child=2"),
+    pytest.param("threads", False, None, 10, id="threads"),
+    pytest.param("solo", False, None, 11, id="solo"),
+    pytest.param("gevent", True, None, 12, id="gevent"),
+    pytest.param("eventlet", False, None, 13, id="eventlet"),
 ]
 
 
@@ -105,9 +105,11 @@ def test_200_mixed_tasks_are_counted_exactly_with_events_off(redis_server, fleet
     assert memory["main"] > 10_000_000
     if pool == "prefork":
         # 210 runs, at most 2 per pool process (one killed early): at least 105
-        # processes in 2 slots, every replacement counted, each slot's memory shown.
+        # processes in 2 slots, every replacement counted. The memory of each slot's
+        # live process (one that exited may not be replaced yet: billiard does it lazily).
         assert m.get("celery_worker_pool_restarts_total", **worker_label) >= 103
-        assert set(memory) == {"main", "0", "1"} and all(v > 10_000_000 for v in memory.values())
+        assert {"main"} < set(memory) <= {"main", "0", "1"}
+        assert all(v > 10_000_000 for v in memory.values())
     else:
         assert m.get("celery_worker_pool_restarts_total", **worker_label) == 0
         assert set(memory) == {"main"}
@@ -121,7 +123,7 @@ def test_200_mixed_tasks_are_counted_exactly_with_events_off(redis_server, fleet
 def test_queue_wait_is_measured_from_the_instrumented_producer(redis_server, fleet):
     """Tasks wait in the queue while no worker runs: the wait is the producer's send time to
     the start, without task-sent events; a countdown's wait runs from its ETA."""
-    url = db_url(redis_server, 16)
+    url = db_url(redis_server, 14)
     producer = instrumented_producer(url)
     for i in range(3):
         producer.send_task("tests.add", args=(i, i), queue="work")
@@ -146,7 +148,7 @@ def test_the_exporter_in_workers_mode_counts_no_task_but_keeps_queues_and_worker
     """Workers with -E and instrumented, and the exporter with --task-metrics-source workers:
     task metrics only from the workers (nothing counted twice); the exporter still sees the
     worker through its heartbeats and reads the queue's depth."""
-    url = db_url(redis_server, 17)
+    url = db_url(redis_server, 15)
     exporter = fleet(ExporterProcess(url, "--task-metrics-source", "workers", "--queue", "work"))
     worker = fleet(InstrumentedWorker(url, f"both@{HOST}", pool="threads", events=True))
     worker.wait_serving()

@@ -12,9 +12,10 @@ exactly what the exporter would count from the same events. Received is Celery's
 Two differences, on purpose. Celery 5.7 sends task-failed twice for a task
 killed by its hard time limit (once from the pool's failure callback, once from
 its timeout handler): here each transition counts once per delivery. And the
-first of those names the exception ``ExceptionWithTraceback`` (billiard's
-wrapper): here the wrapped class is named (TimeLimitExceeded, WorkerLostError),
-taken from the failure callback, which has the exception itself.
+exception label is the class of the exception itself, taken from the pool's
+failure callback, where the event's text can name billiard's wrapper
+(``ExceptionWithTraceback()`` for a hard time limit) or a custom repr (Celery's
+Reject prints as "reject requeue=False: ..." once it crossed a process).
 
 Nothing here may break a task: every error is counted in
 celery_stalk_instrumentation_errors_total and logged, and the task goes on.
@@ -71,28 +72,31 @@ def queue_of(request: Any) -> object:
     return (request.delivery_info or {}).get("routing_key")
 
 
-def runnable_since(request: Any) -> float | None:
-    """When the task could first run: sent (the producer's stamp), or its ETA if later."""
+def runnable_since(request: Any) -> tuple[float | None, bool]:
+    """When the task could first run: sent (the producer's stamp), or its ETA if later;
+    and whether it is the ETA."""
     sent = request.request_dict.get(SENT_HEADER)
     if not isinstance(sent, (int, float)) or isinstance(sent, bool):
-        return None
+        return None, False
     eta = request.eta
     if eta is not None:
         try:
-            return max(float(sent), eta.timestamp())
+            eta_time = eta.timestamp()
+            if eta_time > sent:
+                return eta_time, True
         except (AttributeError, OverflowError, ValueError):
             pass
-    return float(sent)
+    return float(sent), False
 
 
 class _Delivery:
     """What is kept on a request between its transitions (it lives as long as the request)."""
 
-    __slots__ = ("labels", "runnable", "seen", "exception")
+    __slots__ = ("labels", "runnable", "at_eta", "seen", "exception")
 
     def __init__(self, labels, runnable):
         self.labels = labels
-        self.runnable = runnable
+        self.runnable, self.at_eta = runnable
         self.seen: set[str] = set()
         self.exception: str | None = None  # the class a wrapped exception wraps
 
@@ -128,13 +132,15 @@ class Observer:
                 wait = None
                 if delivery.runnable is not None and request.time_start is not None:
                     wait = request.time_start - delivery.runnable
+                    if delivery.at_eta:
+                        # The worker's timer ran it at its ETA by the worker's own clock:
+                        # a few ms early is the timer, not clock skew.
+                        wait = max(wait, 0.0)
                 self.counts.started(labels, wait)
             elif kind == "task-succeeded":
                 self.counts.succeeded(labels, fields.get("runtime"))
             elif kind == "task-failed":
-                exception = exception_class(fields.get("exception"))
-                if exception == WRAPPER and delivery.exception:
-                    exception = delivery.exception
+                exception = delivery.exception or exception_class(fields.get("exception"))
                 self.counts.failed(labels, exception)
             else:
                 self.counts.count(kind, labels)
@@ -142,13 +148,14 @@ class Observer:
             self.errors("request")
 
     def failing(self, request: Any, exc_info: Any) -> None:
-        """The pool's failure callback: remember what a wrapper wraps."""
+        """The pool's failure callback, which has the exception itself: its class."""
         try:
+            from celery.utils.serialization import get_pickled_exception
+
             exc = getattr(exc_info, "exception", None)
-            if type(exc).__name__ == WRAPPER:
-                inner = getattr(exc, "exc", None)
-                if inner is not None:
-                    self._delivery(request).exception = type(inner).__name__
+            exc = getattr(exc, "exc", exc) if type(exc).__name__ == WRAPPER else exc
+            if exc is not None:
+                self._delivery(request).exception = type(get_pickled_exception(exc)).__name__
         except Exception:
             self.errors("request")
 
@@ -156,6 +163,9 @@ class Observer:
         try:
             if not soft:
                 self.counts.killed()
+                # before Celery's handler sends its task-failed, which names the wrapper
+                delivery = self._delivery(request)
+                delivery.exception = delivery.exception or "TimeLimitExceeded"
         except Exception:
             self.errors("request")
 

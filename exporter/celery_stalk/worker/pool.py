@@ -22,6 +22,8 @@ def resident_bytes(pid: int, parent: int | None = None) -> int | None:
     # The command name may hold spaces and parentheses: fields are counted after
     # its last ")". Field 4 is the parent's pid, field 24 the RSS in pages.
     fields = stat.rsplit(b")", 1)[1].split()
+    if fields[0] == b"Z":  # exited, not yet reaped (the pool replaces it lazily)
+        return None
     if parent is not None and int(fields[1]) != parent:
         return None
     return int(fields[21]) * PAGE_SIZE
