@@ -123,7 +123,7 @@ def test_200_mixed_tasks_are_counted_exactly_with_events_off(redis_server, fleet
 def test_queue_wait_is_measured_from_the_instrumented_producer(redis_server, fleet):
     """Tasks wait in the queue while no worker runs: the wait is the producer's send time to
     the start, without task-sent events; a countdown's wait runs from its ETA."""
-    url = db_url(redis_server, 14)
+    url = db_url(redis_server, 5)
     producer = instrumented_producer(url)
     for i in range(3):
         producer.send_task("tests.add", args=(i, i), queue="work")
@@ -148,7 +148,7 @@ def test_the_exporter_in_workers_mode_counts_no_task_but_keeps_queues_and_worker
     """Workers with -E and instrumented, and the exporter with --task-metrics-source workers:
     task metrics only from the workers (nothing counted twice); the exporter still sees the
     worker through its heartbeats and reads the queue's depth."""
-    url = db_url(redis_server, 15)
+    url = db_url(redis_server, 6)
     exporter = fleet(ExporterProcess(url, "--task-metrics-source", "workers", "--queue", "work"))
     worker = fleet(InstrumentedWorker(url, f"both@{HOST}", pool="threads", events=True))
     worker.wait_serving()
