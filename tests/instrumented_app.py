@@ -20,11 +20,28 @@ app.conf.worker_max_tasks_per_child = int(os.environ.get("STALK_TEST_MAX_TASKS_P
 
 celery_stalk.worker.install(app)
 
+if os.environ.get("STALK_TEST_BREAK_COUNTING"):
+    # Fault injection: counting a start or a success raises inside the instrumentation.
+    # The tasks must run anyway, and the errors be counted.
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected fault")
+
+    counts = celery_stalk.worker._instrumentation().counts
+    counts.started = counts.succeeded = broken
+
 
 @app.task(name="tests.sleep_past_hard_limit", time_limit=1)
 def sleep_past_hard_limit():
     """Killed by its hard time limit: the pool process running it is killed."""
     time.sleep(10)
+
+
+@app.task(name="tests.note")
+def note(key):
+    """Leaves a mark in Redis: proof that the task ran."""
+    import redis
+
+    redis.Redis.from_url(app.conf.broker_url).set(key, "ran")
 
 
 @app.task(name="tests.publish_child")

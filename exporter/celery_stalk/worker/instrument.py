@@ -8,6 +8,7 @@ PoolChannel; everywhere else counts are applied in place.
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 from ..model import ModelSettings
@@ -29,6 +30,7 @@ class Instrumentation:
         self.processes = PoolProcesses(self.counts)
         self.channel: PoolChannel | None = None  # set in a prefork worker's main process
         self.worker: Any = None  # the WorkController, once this process runs a worker
+        self.listening: socket.socket | None = None  # the /metrics socket of the main process
 
     def _in_pool_process(self) -> bool:
         return self.channel is not None and self.channel.in_pool_process()
@@ -49,7 +51,11 @@ class Instrumentation:
 
     def pool_process_started(self, index: object, pid: int) -> None:
         """In a prefork pool process, as it starts (worker_process_init)."""
-        if self._in_pool_process() and isinstance(index, int):
+        if not self._in_pool_process():
+            return
+        if self.listening is not None:  # inherited through fork: only the main process serves
+            self.listening.close()
+        if isinstance(index, int):
             self.channel.send("up", index, pid)
 
     # -- the main process ------------------------------------------------------------

@@ -8,11 +8,12 @@ TLS, mTLS and basic auth, with /healthz and /readyz left open for probes.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
+from typing import NoReturn
 
 import click
 from celery import bootsteps
-from celery.exceptions import ImproperlyConfigured
 from prometheus_client import CollectorRegistry
 
 from .. import __version__, webconfig
@@ -55,47 +56,29 @@ class MetricsStep(bootsteps.StartStopStep):
     def __init__(self, worker, stalk_port=None, stalk_host="0.0.0.0", stalk_web_config_file=None,
                  **kwargs):
         super().__init__(worker, **kwargs)
-        self.port, self.host = stalk_port, (stalk_host or "0.0.0.0").strip("[]")
-        self.web = _web_config(stalk_web_config_file)
-        self.server = None
+        host = (stalk_host or "0.0.0.0").strip("[]")
+        web = _web_config(stalk_web_config_file)
         instr = self.instr = instrumentation()
         instr.worker = worker
         if _is_prefork(worker):  # before the pool forks: its processes inherit the channel
             instr.open_channel()
         wrapped = wrap_requests(worker.app, instr.observer)
         log.debug("celery-stalk: observing %d task types", wrapped)
+        self.server = None if stalk_port is None else _bind(worker, instr, host, stalk_port, web)
+        instr.listening = self.server.socket if self.server is not None else None
 
     def start(self, worker) -> None:
         _keep_dispatcher_on(worker)
-        if self.port is None:
+        if self.server is None:
             log.warning("celery-stalk: no --stalk-port (or CELERY_STALK_WORKER_PORT): this worker's "
                         "metrics are counted but not served; start it with --stalk-port %d",
                         DEFAULT_PORT)
             return
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(Exporter([
-            TaskCollector(self.instr.counts),
-            WorkerLocalCollector(self.instr.counts, worker, self.instr.processes),
-        ], __version__))
-        app = build_app(
-            registry,
-            healthy=lambda: True,
-            ready=lambda: (True, "ready: serving the worker's metrics"),
-            landing={"version": __version__, "worker": worker.hostname},
-            auth=webconfig.BasicAuth(self.web.users) if self.web.users else None,
-        )
-        tls = webconfig.ServerTLS(self.web.tls) if self.web.tls else None
-        try:
-            self.server = serve(app, self.host, self.port, tls)
-        except OSError as exc:
-            raise ImproperlyConfigured(
-                f"celery-stalk: cannot listen on {self.host}:{self.port} "
-                f"({exc.strerror or exc}): pick a free port with --stalk-port"
-            ) from None
         threading.Thread(target=self.server.serve_forever, name="celery-stalk-http",
                          daemon=True).start()
-        log.info("celery-stalk: serving %s://%s:%s/metrics for %s", "https" if tls else "http",
-                 self.host, self.server.server_port, worker.hostname)
+        host, port = self.server.server_address[:2]
+        log.info("celery-stalk: serving %s://%s:%s/metrics for %s",
+                 "https" if self.server.tls else "http", host, port, worker.hostname)
 
     def stop(self, worker) -> None:
         if self.server is not None:
@@ -104,14 +87,42 @@ class MetricsStep(bootsteps.StartStopStep):
             self.server = None
 
 
+def _fail(problems: list[str]) -> NoReturn:
+    """Bad options stop the worker at start, one line per problem that names the fix."""
+    for problem in problems:
+        print(f"celery-stalk: error: {problem}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _bind(worker, instr, host: str, port: int, web: webconfig.WebConfig):
+    """The /metrics server, bound now so that a taken port fails at start."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Exporter([
+        TaskCollector(instr.counts),
+        WorkerLocalCollector(instr.counts, worker, instr.processes),
+    ], __version__))
+    app = build_app(
+        registry,
+        healthy=lambda: True,
+        ready=lambda: (True, "ready: serving the worker's metrics"),
+        landing={"version": __version__, "worker": worker.hostname},
+        auth=webconfig.BasicAuth(web.users) if web.users else None,
+    )
+    tls = webconfig.ServerTLS(web.tls) if web.tls else None
+    try:
+        return serve(app, host, port, tls)
+    except OSError as exc:
+        _fail([f"--stalk-port: cannot listen on {host}:{port} ({exc.strerror or exc}): "
+               "pick a free port with --stalk-port"])
+
+
 def _web_config(path: str | None) -> webconfig.WebConfig:
     if not path:
         return webconfig.WebConfig()
     try:
         return webconfig.load(path)
     except webconfig.WebConfigError as exc:
-        problems = "; ".join(p.replace(webconfig.FLAG, "--stalk-web-config-file") for p in exc.problems)
-        raise ImproperlyConfigured(f"celery-stalk: {problems}") from None
+        _fail([p.replace(webconfig.FLAG, "--stalk-web-config-file") for p in exc.problems])
 
 
 def _is_prefork(worker) -> bool:
