@@ -668,7 +668,9 @@ def _events_stalled(c: Config) -> str:
     # it steady, so it cannot look like missing events however long it runs. A task event
     # arrived: its counter grew, or its series appeared (the first task events after an
     # exporter restart create them, and increase() cannot see a series' first sample).
+    # An exporter run with --task-metrics-source workers expects no task events at all.
     return _once(c, f"""\
+(
 (
     sum without (worker) (
         changes({_sel(c, "celery_worker_tasks_active")}[{w}]) > 0
@@ -696,7 +698,10 @@ or
           resets({_sel(c, "celery_queue_messages")}[{w}]) unless {_sel(c, "celery_queue_consumers")}
         ) >= 2
     )
-)""")
+)
+)
+unless on ({_target(c)})
+  {_sel(c, "celery_stalk_task_metrics_from_events")} == 0""")
 
 
 def _worker_lost(c: Config) -> str:
