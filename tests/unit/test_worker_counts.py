@@ -100,3 +100,35 @@ def test_an_exporter_that_leaves_task_metrics_to_the_workers_counts_none_but_kee
     assert not snap.runtime and not snap.wait and snap.tracked_tasks == 0
     assert snap.events["task-succeeded"] == 1  # tallied, so a stalled stream still shows
     assert snap.workers["w1@host"].up
+
+
+def test_readme_worker_catalog_matches_the_code():
+    from celery_stalk.collectors.catalog import catalog_markdown
+    from celery_stalk.worker.catalog import WORKER_CATALOG
+    from tests.harness import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- worker-catalog:begin -->", 1)[1].split("<!-- worker-catalog:end -->", 1)[0]
+    assert table.strip() == catalog_markdown(WORKER_CATALOG), \
+        "README worker catalog drifted: paste `celery-stalk catalog --worker`"
+
+
+def test_worker_task_metrics_are_the_exporters():
+    """Same names, types, labels and HELP: the worker renders the exporter's catalog entries."""
+    from celery_stalk.collectors import CATALOG, TaskCollector
+
+    instr = Instrumentation()
+    labels = instr.counts.labels("app.add", "work")
+    for kind in ("task-sent", "task-received", "task-retried", "task-rejected", "task-revoked"):
+        instr.counts.count(kind, labels)
+    instr.counts.started(labels, 0.5)
+    instr.counts.succeeded(labels, 0.25)
+    instr.counts.failed(labels, "KeyError")
+    families = {f.name: f for f in TaskCollector(instr.counts).collect()}
+    for name, metric in CATALOG.items():
+        if not name.startswith("celery_task_"):
+            continue
+        family = families[name.removesuffix("_total")]
+        assert (family.type, family.documentation) == (metric.kind, metric.help), name
+        assert family.samples, name
+        assert set(family.samples[0].labels) - {"le"} == set(metric.labels), name
