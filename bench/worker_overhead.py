@@ -10,7 +10,8 @@ Three variants of the same real prefork worker (celery -A bench.worker_app worke
 For each run: the queue is filled with a start marker, --tasks no-op tasks and an
 end marker before the worker starts; the run is timed from the start marker's
 execution to the end marker's (wall time), and the worker's CPU (main process and
-pool process, user + system, from /proc) is read at the same two moments. The
+pool process, user + system, from /proc) and redis-server's are read at the same two
+moments. The
 producer publishes without task-sent events (for every variant), so only the worker
 differs. Per task: wall µs and CPU µs, median of --runs runs, interleaved.
 
@@ -67,7 +68,7 @@ def wait_key(r: redis.Redis, key: str, timeout: float) -> float:
     raise TimeoutError(f"{key} not set within {timeout} s")
 
 
-def run_once(url: str, variant: str, tasks: int) -> dict:
+def run_once(url: str, variant: str, tasks: int, broker_pid: int) -> dict:
     env = {**os.environ, "BENCH_BROKER": url, "PYTHONPATH": str(ROOT),
            "BENCH_INSTRUMENT": "1" if variant == "instrumented" else "0"}
     sys.path.insert(0, str(ROOT / "bench"))
@@ -92,14 +93,17 @@ def run_once(url: str, variant: str, tasks: int) -> dict:
     try:
         wait_key(r, "start", 60)
         cpu_start, wall_start = cpu_seconds(worker.pid), time.monotonic()
+        broker_start = cpu_seconds(broker_pid)
         wait_key(r, "end", 600)
         cpu_end, wall_end = cpu_seconds(worker.pid), time.monotonic()
+        broker_end = cpu_seconds(broker_pid)
     finally:
         worker.terminate()
         worker.wait(30)
     return {"variant": variant, "tasks": tasks,
             "wall_us_per_task": (wall_end - wall_start) / tasks * 1e6,
-            "cpu_us_per_task": (cpu_end - cpu_start) / tasks * 1e6}
+            "cpu_us_per_task": (cpu_end - cpu_start) / tasks * 1e6,
+            "broker_cpu_us_per_task": (broker_end - broker_start) / tasks * 1e6}
 
 
 def main() -> None:
@@ -112,7 +116,7 @@ def main() -> None:
     with RedisServer() as server:
         for run in range(args.runs):
             for variant in VARIANTS:  # interleaved: load on a shared machine hits all alike
-                result = run_once(server.url, variant, args.tasks)
+                result = run_once(server.url, variant, args.tasks, server._proc.pid)
                 result["run"] = run
                 results.append(result)
                 print(json.dumps(result), flush=True)
@@ -120,12 +124,15 @@ def main() -> None:
     for variant in VARIANTS:
         mine = [r for r in results if r["variant"] == variant]
         summary[variant] = {key: statistics.median(r[key] for r in mine)
-                            for key in ("wall_us_per_task", "cpu_us_per_task")}
+                            for key in ("wall_us_per_task", "cpu_us_per_task",
+                                        "broker_cpu_us_per_task")}
     base = summary["none"]
-    print(f"{'variant':<14}{'wall µs/task':>14}{'CPU µs/task':>14}{'CPU over none':>16}")
+    print(f"{'variant':<14}{'wall µs/task':>14}{'worker CPU µs':>15}{'over none':>11}"
+          f"{'broker CPU µs':>15}")
     for variant, s in summary.items():
-        print(f"{variant:<14}{s['wall_us_per_task']:>14.1f}{s['cpu_us_per_task']:>14.1f}"
-              f"{s['cpu_us_per_task'] - base['cpu_us_per_task']:>+16.1f}")
+        print(f"{variant:<14}{s['wall_us_per_task']:>14.1f}{s['cpu_us_per_task']:>15.1f}"
+              f"{s['cpu_us_per_task'] - base['cpu_us_per_task']:>+11.1f}"
+              f"{s['broker_cpu_us_per_task']:>15.1f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"runs": results, "median": summary,

@@ -10,6 +10,7 @@ import os
 import time
 
 import celery_stalk.worker
+
 from tests.celery_app import app
 
 # STALK_TEST_EVENTS=off: no task events at all, from the workers or the producer.

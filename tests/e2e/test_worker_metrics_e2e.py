@@ -13,10 +13,10 @@ import time
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
+import celery_stalk.worker
 import pytest
 import yaml
 
-import celery_stalk.worker
 from mixin import RULES, render
 from mixin.config import TEST
 from tests.alerts.promql import series_names
@@ -95,8 +95,9 @@ def test_dashboards_and_rules_return_data_from_two_instrumented_workers(stack):
     for wave in (1, 2):  # the second wave moves every rate() and quantile
         send_wave(stack.broker)
         for kind, per_wave in PER_WAVE.items():
-            eventually(lambda: (value(prometheus, f"sum(celery_task_{kind}_total)") or 0)
-                       >= per_wave * wave, 60, message=f"wave {wave}: {kind}")
+            query, want = f"sum(celery_task_{kind}_total)", per_wave * wave
+            eventually(lambda q=query, n=want: (value(prometheus, q) or 0) >= n, 60,
+                       message=f"wave {wave}: {kind}")
     time.sleep(3)  # a few more scrapes, so every rate window holds two samples after it
 
     # Counted once, by the workers: the exporter (workers mode) has no task series, and

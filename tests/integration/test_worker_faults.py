@@ -99,3 +99,22 @@ def test_a_broken_instrumentation_never_breaks_a_task(redis_server, fleet, pool)
     log = worker.output()
     assert log.count("celery-stalk instrumentation error in request") == 1  # once, not per task
     assert "RuntimeError: injected fault" in log
+
+
+def test_a_worker_without_events_heartbeats_or_gossip_still_counts_every_outcome(redis_server, fleet):
+    """Celery reports a finished task to the request only while the worker's event
+    dispatcher is on; the instrumentation keeps it on (for the worker group alone)."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/8"
+    worker = fleet(InstrumentedWorker(url, f"silent@{HOST}", pool="solo",
+                                      extra=("--without-heartbeat",)))
+    worker.wait_serving()
+    producer = make_app(url)
+    for i in range(5):
+        producer.send_task("tests.add", args=(i, i), queue="work")
+    producer.send_task("tests.fail_key", queue="work")
+    m = eventually(lambda: (m := worker.scrape()).get(
+        "celery_task_succeeded_total", task="tests.add", queue="work") == 5 and m, 60,
+        message=f"successes counted\n{worker.output()[-2000:]}")
+    assert m.get("celery_task_runtime_seconds_count", task="tests.add", queue="work") == 5
+    eventually(lambda: worker.scrape().get("celery_task_exceptions_total", task="tests.fail_key",
+                                           queue="work", exception="KeyError") == 1, 30)

@@ -7,10 +7,10 @@ import importlib.util
 import socket
 import time
 
+import celery_stalk.worker
 import pytest
 from prometheus_client import REGISTRY
 
-import celery_stalk.worker
 from tests.celery_app import make_app
 from tests.harness import ExporterProcess, eventually, wait_worker_up
 from tests.instrumented import InstrumentedWorker, Mix, by_task, wait_finished

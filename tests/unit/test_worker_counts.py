@@ -10,6 +10,7 @@ import time
 
 from celery_stalk.model import Model
 from celery_stalk.worker.instrument import Instrumentation
+
 from tests import events as ev
 
 
@@ -105,6 +106,7 @@ def test_an_exporter_that_leaves_task_metrics_to_the_workers_counts_none_but_kee
 def test_readme_worker_catalog_matches_the_code():
     from celery_stalk.collectors.catalog import catalog_markdown
     from celery_stalk.worker.catalog import WORKER_CATALOG
+
     from tests.harness import ROOT
 
     readme = (ROOT / "README.md").read_text()

@@ -7,7 +7,7 @@ worker metric table is generated from it (``celery-stalk catalog --worker``).
 
 from __future__ import annotations
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric as Family
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..collectors.catalog import CATALOG, Metric
 
@@ -41,7 +41,7 @@ WORKER_CATALOG: dict[str, Metric] = {
 }
 
 
-def worker_family(name: str) -> Family:
+def worker_family(name: str) -> CounterMetricFamily | GaugeMetricFamily:
     """An empty metric family for a worker catalog entry."""
     m = WORKER_CATALOG[name]
     if m.kind == "counter":

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.core import Metric as Family
 
 from ..collectors.catalog import CATALOG
@@ -65,7 +67,7 @@ class ProducerCollector:
         return []
 
 
-def errors_family(errors: dict[str, int]) -> Family:
+def errors_family(errors: dict[str, int]) -> CounterMetricFamily | GaugeMetricFamily:
     fam = worker_family("celery_stalk_instrumentation_errors_total")
     for where, count in sorted(errors.items()):
         fam.add_metric([where], count)

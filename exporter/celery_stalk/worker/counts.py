@@ -19,7 +19,6 @@ from ..model import UNKNOWN, ModelSettings, label_value
 from ..model.fields import MAX_DURATION
 from ..model.ledger import Labels, TaskLedger, TaskSnapshot
 
-
 # Where the instrumentation can fail (celery_stalk_instrumentation_errors_total{where}),
 # reported from 0 so that the first error shows as an increase.
 ERROR_PLACES = ("received", "request", "publish", "pool_channel", "pool_process")

@@ -32,31 +32,36 @@ class Instrumentation:
         self.worker: Any = None  # the WorkController, once this process runs a worker
         self.listening: socket.socket | None = None  # the /metrics socket of the main process
 
-    def _in_pool_process(self) -> bool:
-        return self.channel is not None and self.channel.in_pool_process()
+    def _pool_channel(self) -> PoolChannel | None:
+        """The channel to the main process, if this is a prefork pool process."""
+        channel = self.channel
+        return channel if channel is not None and channel.in_pool_process() else None
 
     # -- counts, wherever they happen ---------------------------------------------
 
     def sent(self, name: object, queue: object) -> None:
-        if self._in_pool_process():
-            self.channel.send("sent", name, queue)
+        channel = self._pool_channel()
+        if channel is not None:
+            channel.send("sent", name, queue)
         else:
             self.counts.count("task-sent", self.counts.labels(name, queue))
 
     def _count_error(self, where: str) -> None:
-        if self._in_pool_process():
-            self.channel.send("error", where)
+        channel = self._pool_channel()
+        if channel is not None:
+            channel.send("error", where)
         else:
             self.counts.error(where)
 
     def pool_process_started(self, index: object, pid: int) -> None:
         """In a prefork pool process, as it starts (worker_process_init)."""
-        if not self._in_pool_process():
+        channel = self._pool_channel()
+        if channel is None:
             return
         if self.listening is not None:  # inherited through fork: only the main process serves
             self.listening.close()
         if isinstance(index, int):
-            self.channel.send("up", index, pid)
+            channel.send("up", index, pid)
 
     # -- the main process ------------------------------------------------------------
 

@@ -36,7 +36,8 @@ SENT_HEADER = "celery_stalk_sent"
 QUEUE_HEADER = "celery_stalk_queue"
 
 WRAPPER = "ExceptionWithTraceback"  # billiard's, around an exception made in the main process
-TERMINAL_OR_ONCE = ("task-started", "task-succeeded", "task-failed", "task-retried",
+# The transitions counted, each at most once per delivery.
+COUNTED_ONCE = ("task-started", "task-succeeded", "task-failed", "task-retried",
                     "task-rejected", "task-revoked")
 
 
@@ -124,7 +125,7 @@ class Observer:
     def event(self, request: Any, kind: str, fields: dict) -> None:
         try:
             delivery = self._delivery(request)
-            if kind in delivery.seen or kind not in TERMINAL_OR_ONCE:
+            if kind in delivery.seen or kind not in COUNTED_ONCE:
                 return
             delivery.seen.add(kind)
             labels = delivery.labels

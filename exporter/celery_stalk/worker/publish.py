@@ -10,6 +10,7 @@ worker publishing from a task (a retry, a subtask).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Callable
 
 from kombu import Queue
@@ -17,7 +18,7 @@ from kombu import Queue
 from .observe import QUEUE_HEADER, SENT_HEADER, Errors
 
 
-def queue_name(declare: object, routing_key: object) -> object:
+def queue_name(declare: Iterable[object] | None, routing_key: object) -> object:
     """The queue Celery routed to (the one it declares), else the routing key,
     which is the queue's name on the default direct exchange."""
     for entity in declare or ():
