@@ -64,6 +64,7 @@ class MetricsStep(bootsteps.StartStopStep):
             instr.open_channel()
         wrapped = wrap_requests(worker.app, instr.observer)
         log.debug("celery-stalk: observing %d task types", wrapped)
+        self.scheme = "https" if web.tls else "http"
         self.server = None if stalk_port is None else _bind(worker, instr, host, stalk_port, web)
         instr.listening = self.server.socket if self.server is not None else None
 
@@ -77,8 +78,8 @@ class MetricsStep(bootsteps.StartStopStep):
         threading.Thread(target=self.server.serve_forever, name="celery-stalk-http",
                          daemon=True).start()
         host, port = self.server.server_address[:2]
-        log.info("celery-stalk: serving %s://%s:%s/metrics for %s",
-                 "https" if self.server.tls else "http", host, port, worker.hostname)
+        log.info("celery-stalk: serving %s://%s:%s/metrics for %s", self.scheme, host, port,
+                 worker.hostname)
 
     def stop(self, worker) -> None:
         if self.server is not None:
