@@ -142,7 +142,7 @@ def test_pod_monitor_scrapes_instrumented_workers_in_the_job_the_rules_select():
     wanted = monitor["spec"]["selector"]["matchLabels"].items()
     workers = [w for w in pod_templates() if wanted <= w["spec"]["template"]["metadata"]["labels"].items()]
     assert workers, "the PodMonitor selects no worker pod"
-    from mixin.config import DEFAULT
+    from celery_stalk.mixin.config import DEFAULT
 
     for endpoint in monitor["spec"]["podMetricsEndpoints"]:
         relabel = {r["targetLabel"]: r["replacement"] for r in endpoint["relabelings"]}

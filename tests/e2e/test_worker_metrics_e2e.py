@@ -17,8 +17,8 @@ import celery_stalk.worker
 import pytest
 import yaml
 
-from mixin import RULES, render
-from mixin.config import TEST
+from celery_stalk.mixin import RULES, render
+from celery_stalk.mixin.config import TEST
 from tests.alerts.promql import series_names
 from tests.celery_app import make_app
 from tests.e2e.stack import Prometheus
