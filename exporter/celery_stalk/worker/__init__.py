@@ -73,7 +73,7 @@ def install(app, settings: ModelSettings | None = None) -> None:
     """
     global _current
     from .collector import ProducerCollector
-    from .step import CLI_OPTIONS, MetricsStep
+    from .step import CLI_OPTIONS, DispatcherStep, MetricsStep
 
     with _lock:
         if _current is None:
@@ -82,6 +82,7 @@ def install(app, settings: ModelSettings | None = None) -> None:
             _register_producer(ProducerCollector(_current.counts))
         if MetricsStep not in app.steps["worker"]:
             app.steps["worker"].add(MetricsStep)
+            app.steps["consumer"].add(DispatcherStep)
             names = {o.name for o in app.user_options["worker"]}
             for option in CLI_OPTIONS:
                 if option.name not in names:

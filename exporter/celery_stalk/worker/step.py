@@ -69,7 +69,6 @@ class MetricsStep(bootsteps.StartStopStep):
         instr.listening = self.server.socket if self.server is not None else None
 
     def start(self, worker) -> None:
-        _keep_dispatcher_on(worker)
         if self.server is None:
             log.warning("celery-stalk: no --stalk-port (or CELERY_STALK_WORKER_PORT): this worker's "
                         "metrics are counted but not served; start it with --stalk-port %d",
@@ -133,16 +132,39 @@ def _is_prefork(worker) -> bool:
     return isinstance(pool_cls, type) and issubclass(pool_cls, TaskPool)
 
 
-def _keep_dispatcher_on(worker) -> None:
-    """Celery calls a request's send_event only while the worker's event dispatcher is
-    on, which it is unless the worker runs without -E, --without-heartbeat and
-    --without-gossip at once. Then turn it on for the worker group alone: nothing
-    more is published (no heartbeats, no task events), and every transition is seen."""
-    from celery.worker.consumer.events import Events
+class SilentDispatcher:
+    """The worker's event dispatcher when Celery would have none: on, publishing nothing.
 
-    consumer = getattr(worker, "consumer", None)
-    steps = getattr(getattr(consumer, "blueprint", None), "steps", {}) or {}
-    for step in steps.values():
-        if isinstance(step, Events) and not step.send_events:
-            step.send_events = True
-            step.groups = ["worker"]
+    Celery tells a request that its task succeeded through the dispatcher only
+    while one is on, which it is unless the worker runs without -E,
+    --without-heartbeat and --without-gossip at once. Then this one stands in,
+    so every transition is seen and nothing goes to the broker."""
+
+    enabled = True
+    connection = None  # no broker connection: the event loop has nothing to keep alive
+
+    def __init__(self) -> None:
+        self.groups = {"worker"}
+
+    def send(self, *args, **kwargs) -> None:
+        return None
+
+    def flush(self, *args, **kwargs) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class DispatcherStep(bootsteps.StartStopStep):
+    """A consumer step: after the task strategies are built, and before the first
+    message is consumed, give the consumer an event dispatcher if it has none."""
+
+    label = "celery-stalk events"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, consumer) -> None:
+        dispatcher = consumer.event_dispatcher
+        if dispatcher is None or not dispatcher.enabled:
+            consumer.event_dispatcher = SilentDispatcher()
+            consumer.update_strategies()  # the strategies read the dispatcher when built
