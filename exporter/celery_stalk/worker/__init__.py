@@ -26,7 +26,8 @@ that exits under max_tasks_per_child churn, or is killed, has nothing to lose.
 Only what happens inside a task reaches the main process from a pool process:
 tasks it publishes (retries, subtasks), its own start, and errors. Each is one
 datagram over a Unix socket pair inherited through fork, sent the moment it
-happens and applied once (channel.py).
+happens and applied once (channel.py). This needs the pool processes forked
+(Celery's default on Linux), not spawned: a spawned process inherits no channel.
 
 prometheus_client's multiprocess mode was the other candidate. It keeps one
 mmapped file per process and metric type, which must outlive the process for

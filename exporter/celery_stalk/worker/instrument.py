@@ -55,6 +55,10 @@ class Instrumentation:
 
     def pool_process_started(self, index: object, pid: int) -> None:
         """In a prefork pool process, as it starts (worker_process_init)."""
+        if self.channel is None:  # spawned, not forked: nothing was inherited
+            log.warning("celery-stalk: this pool process was spawned, not forked: tasks it "
+                        "publishes are not counted (use Celery's default fork start method)")
+            return
         channel = self._pool_channel()
         if channel is None:
             return
