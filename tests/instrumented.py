@@ -90,9 +90,9 @@ class Mix:
 
     def failed(self) -> dict[tuple[str, str], int]:
         """(task, exception) -> failures."""
+        # a raised Reject is a rejection, not a failure (README, "Failures, rejections and retries")
         counts = {("tests.fail_value", "ValueError"): self.fail_value,
-                  ("tests.fail_key", "KeyError"): self.fail_key,
-                  ("tests.reject", "Reject"): self.rejects}
+                  ("tests.fail_key", "KeyError"): self.fail_key}
         if self.hard_limit:
             counts[("tests.sleep_past_hard_limit", "TimeLimitExceeded")] = 1
         return counts

@@ -9,13 +9,15 @@ whether the event then goes out (-E) or is dropped (events off): the counts are
 exactly what the exporter would count from the same events. Received is Celery's
 ``task_received`` signal, which fires in that process too.
 
-Two differences, on purpose. Celery 5.7 sends task-failed twice for a task
-killed by its hard time limit (once from the pool's failure callback, once from
-its timeout handler): here each transition counts once per delivery. And the
-exception label is the class of the exception itself, taken from the pool's
-failure callback, where the event's text can name billiard's wrapper
-(``ExceptionWithTraceback()`` for a hard time limit) or a custom repr (Celery's
-Reject prints as "reject requeue=False: ..." once it crossed a process).
+The counts follow the exporter's rules (README, "Failures, rejections and
+retries"): a delivery of a task ends once, with the first of task-succeeded,
+task-failed, task-revoked or task-rejected without requeue (Celery 5.3+ sends
+task-failed twice for a hard time limit; gevent sends task-succeeded after a
+revoke with terminate); a raised Reject is a rejection, not a failure (Celery
+also sends task-failed for it); a requeue is a rejection but no end. The
+exception label is the class of the exception itself, from the pool's failure
+callback, where the event's text can name billiard's wrapper
+(``ExceptionWithTraceback()`` for a hard time limit).
 
 Nothing here may break a task: every error is counted in
 celery_stalk_instrumentation_errors_total and logged, and the task goes on.
@@ -27,6 +29,7 @@ import logging
 from typing import Any, Callable
 
 from ..model import exception_class
+from ..model.fields import SEND_STAMP_LAG
 from .counts import TaskCounts
 
 log = logging.getLogger("celery_stalk.worker")
@@ -36,9 +39,7 @@ SENT_HEADER = "celery_stalk_sent"
 QUEUE_HEADER = "celery_stalk_queue"
 
 WRAPPER = "ExceptionWithTraceback"  # billiard's, around an exception made in the main process
-# The transitions counted, each at most once per delivery.
-COUNTED_ONCE = ("task-started", "task-succeeded", "task-failed", "task-retried",
-                    "task-rejected", "task-revoked")
+ENDS = ("task-succeeded", "task-failed", "task-revoked", "task-rejected")
 
 
 class Errors:
@@ -93,13 +94,15 @@ def runnable_since(request: Any) -> tuple[float | None, bool]:
 class _Delivery:
     """What is kept on a request between its transitions (it lives as long as the request)."""
 
-    __slots__ = ("labels", "runnable", "at_eta", "seen", "exception")
+    __slots__ = ("labels", "runnable", "at_eta", "seen", "ended", "exception", "raised_reject")
 
     def __init__(self, labels, runnable):
         self.labels = labels
         self.runnable, self.at_eta = runnable
-        self.seen: set[str] = set()
-        self.exception: str | None = None  # the class a wrapped exception wraps
+        self.seen: set[str] = set()  # transitions counted (each once per delivery)
+        self.ended = False
+        self.exception: str | None = None  # the class of the exception it failed with
+        self.raised_reject = False  # the task raised Reject: its task-failed is no failure
 
 
 class Observer:
@@ -125,17 +128,24 @@ class Observer:
     def event(self, request: Any, kind: str, fields: dict) -> None:
         try:
             delivery = self._delivery(request)
-            if kind in delivery.seen or kind not in COUNTED_ONCE:
+            if kind == "task-rejected" and fields.get("requeue"):
+                kind = "task-requeued"  # a rejection that is no end: delivered again
+            elif kind in ENDS:
+                if delivery.ended or (kind == "task-failed" and delivery.raised_reject):
+                    return
+            if kind in delivery.seen:
                 return
             delivery.seen.add(kind)
+            if kind in ENDS:
+                delivery.ended = True
             labels = delivery.labels
             if kind == "task-started":
                 wait = None
                 if delivery.runnable is not None and request.time_start is not None:
                     wait = request.time_start - delivery.runnable
-                    if delivery.at_eta:
-                        # The worker's timer ran it at its ETA by the worker's own clock:
-                        # a few ms early is the timer, not clock skew.
+                    if delivery.at_eta or -SEND_STAMP_LAG <= wait < 0:
+                        # Run at its ETA by the worker's own clock (a few ms early is the
+                        # timer), or a hair early on close clocks: not clock skew.
                         wait = max(wait, 0.0)
                 self.counts.started(labels, wait)
             elif kind == "task-succeeded":
@@ -143,7 +153,9 @@ class Observer:
             elif kind == "task-failed":
                 exception = delivery.exception or exception_class(fields.get("exception"))
                 self.counts.failed(labels, exception)
-            else:
+            elif kind == "task-requeued":
+                self.counts.count("task-rejected", labels)
+            elif kind in ("task-retried", "task-rejected", "task-revoked"):
                 self.counts.count(kind, labels)
         except Exception:
             self.errors("request")
@@ -151,12 +163,16 @@ class Observer:
     def failing(self, request: Any, exc_info: Any) -> None:
         """The pool's failure callback, which has the exception itself: its class."""
         try:
+            from celery.exceptions import Reject
             from celery.utils.serialization import get_pickled_exception
 
             exc = getattr(exc_info, "exception", None)
             exc = getattr(exc, "exc", exc) if type(exc).__name__ == WRAPPER else exc
             if exc is not None:
-                self._delivery(request).exception = type(get_pickled_exception(exc)).__name__
+                exc = get_pickled_exception(exc)
+                delivery = self._delivery(request)
+                delivery.exception = type(exc).__name__
+                delivery.raised_reject = isinstance(exc, Reject)
         except Exception:
             self.errors("request")
 
