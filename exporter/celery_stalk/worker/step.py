@@ -2,7 +2,8 @@
 
 The HTTP side is the exporter's (http.py build_app and serve, webconfig.py), so
 --stalk-web-config-file takes the same file as the exporter's --web-config-file:
-TLS, mTLS and basic auth, with /healthz and /readyz left open for probes.
+TLS, mTLS and basic auth, with /healthz and /readyz left open for probes, and the
+exporter's limits on what a client may cost, at their defaults.
 """
 
 from __future__ import annotations
@@ -17,14 +18,19 @@ from celery import bootsteps
 from prometheus_client import CollectorRegistry
 
 from .. import __version__, webconfig
-from ..collectors import Exporter, TaskCollector
+from ..collectors import Exporter, TaskCollector, WebCollector
 from ..http import build_app, serve
+from ..options import default
+from ..webstats import WebStats
 from .collector import WorkerLocalCollector
 from .observe import wrap_requests
 
 log = logging.getLogger("celery_stalk.worker")
 
 DEFAULT_PORT = 9809
+# The exporter's limits on what an HTTP client may cost, at their defaults (options.py).
+WEB_LIMITS = ("web_max_connections", "web_max_client_connections", "web_read_timeout",
+              "web_auth_max_concurrent", "web_auth_max_failures")
 
 CLI_OPTIONS = (
     click.Option(["--stalk-port"], type=click.IntRange(0, 65535), envvar="CELERY_STALK_WORKER_PORT",
@@ -96,21 +102,25 @@ def _fail(problems: list[str]) -> NoReturn:
 
 def _bind(worker, instr, host: str, port: int, web: webconfig.WebConfig):
     """The /metrics server, bound now so that a taken port fails at start."""
+    limits = webconfig.WebLimits(*(default(dest) for dest in WEB_LIMITS))
+    stats = WebStats()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Exporter([
         TaskCollector(instr.counts),
         WorkerLocalCollector(instr.counts, worker, instr.processes),
+        WebCollector(stats),
     ], __version__))
     app = build_app(
         registry,
         healthy=lambda: True,
         ready=lambda: (True, "ready: serving the worker's metrics"),
         landing={"version": __version__, "worker": worker.hostname},
-        auth=webconfig.BasicAuth(web.users) if web.users else None,
+        auth=webconfig.BasicAuth(web.users, limits.auth_max_concurrent, limits.auth_max_failures,
+                                 stats) if web.users else None,
     )
     tls = webconfig.ServerTLS(web.tls) if web.tls else None
     try:
-        return serve(app, host, port, tls)
+        return serve(app, host, port, limits, stats, tls)
     except OSError as exc:
         _fail([f"--stalk-port: cannot listen on {host}:{port} ({exc.strerror or exc}): "
                "pick a free port with --stalk-port"])
