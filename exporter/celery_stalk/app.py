@@ -90,7 +90,8 @@ class QueueDiscovery:
 
 def run(config: Config) -> int:
     setup_logging(config)
-    model = Model(config.model, static_queues=config.queues, routes=config.task_routes)
+    model = Model(config.model, static_queues=config.queues, routes=config.task_routes,
+                  count_task_events=config.task_metrics_source == "events")
     reader = reader_for(config)
     source_state = SourceState()
     consumer = event_source(config, model, source_state)
