@@ -39,7 +39,10 @@ class Consumer:
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(BENCH)}
-        self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=subprocess.STDOUT,
+        # BENCH_CONSUMER_CPUS=1: the consumer alone pinned to that core (its ceiling on one core)
+        cpus = os.environ.get("BENCH_CONSUMER_CPUS")
+        command = (["taskset", "-c", cpus] if cpus else []) + self.command()
+        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
                                      env=env, cwd=BENCH, start_new_session=True)
 
     def alive(self) -> bool:

@@ -108,8 +108,15 @@ def run(config: Config, beat_entries: list | None = None, beat_timezone: str = "
     """Run the exporter until SIGTERM. ``beat_entries``: the app's beat schedule
     (celery -A proj stalk); ``beat_timezone``: the app's, for RedBeat's crontabs."""
     setup_logging(config)
-    model = Model(config.model, static_queues=config.queues, routes=config.task_routes)
-    if beat_entries:
+    model = Model(config.model, static_queues=config.queues, routes=config.task_routes,
+                  count_task_events=config.task_metrics_source == "events")
+    follows_tasks = config.task_metrics_source == "events"
+    if (beat_entries or config.redbeat_key_prefix) and not follows_tasks:
+        # Beat's runs are task events, which this mode does not apply: every run would
+        # look missed.
+        log.warning("--task-metrics-source workers: the beat schedule is not followed "
+                    "(its runs are seen in task events only)")
+    elif beat_entries:
         for name in model.set_beat_schedule(beat_entries, time.time()):
             log.warning("beat entry %r cannot be a label value: not followed", name)
     reader = reader_for(config)
@@ -117,7 +124,7 @@ def run(config: Config, beat_entries: list | None = None, beat_timezone: str = "
     consumer = event_source(config, model, source_state)
     stopping = threading.Event()
     discovery = QueueDiscovery(reader, model, config.queue_discovery_interval, stopping)
-    schedule = redbeat_refresher(config, model, beat_timezone, stopping)
+    schedule = redbeat_refresher(config, model, beat_timezone, stopping) if follows_tasks else None
 
     web_stats = WebStats()
     registry = CollectorRegistry(auto_describe=False)

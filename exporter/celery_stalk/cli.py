@@ -118,11 +118,17 @@ def hash_password():
 
 @main.command()
 @click.option("--flags", is_flag=True, help="Print the flag table instead.")
-def catalog(flags):
+@click.option("--worker", is_flag=True, help="Print the instrumented workers' own metrics instead.")
+def catalog(flags, worker):
     """Print the metric catalog (or the flag table) as Markdown, as in the README."""
     from .collectors.catalog import catalog_markdown
     from .options import flags_markdown
 
+    if worker:
+        from .worker.catalog import WORKER_CATALOG
+
+        click.echo(catalog_markdown(WORKER_CATALOG))
+        return
     click.echo(flags_markdown() if flags else catalog_markdown())
 
 

@@ -51,6 +51,7 @@ class Config:
     events_stall_timeout: float
     queue_read_timeout: float
     queue_discovery_interval: float
+    task_metrics_source: str  # events | workers
     web: webconfig.WebConfig
     web_max_connections: int
     web_max_client_connections: int

@@ -115,6 +115,10 @@ OPTIONS: tuple[Option, ...] = (
            "celery_stalk_broker_up 0.", "seconds", "2"),
     Option("queue-discovery-interval", "Seconds between scans for queues the broker knows "
            "(Redis bindings).", "seconds", "60"),
+    Option("task-metrics-source", "events: count task metrics from Celery task events; workers: "
+           "the workers serve them (celery_stalk.worker.install), so task events are not counted "
+           "here and nothing is counted twice; queue depth and the worker view stay.", "choice",
+           "events", arg=("events", "workers")),
     Option("web-config-file", "YAML file that turns on TLS and basic auth for the HTTP endpoints "
            "(the Prometheus exporter-toolkit format: tls_server_config, basic_auth_users).",
            "web_config", name="web"),

@@ -22,6 +22,7 @@ from tests.harness import ROOT
 KUBE_DIR = ROOT / "deploy" / "kubernetes"
 CRDS = {
     "ServiceMonitor": "monitoring.coreos.com/v1",
+    "PodMonitor": "monitoring.coreos.com/v1",
     "PrometheusRule": "monitoring.coreos.com/v1",
     "ScaledObject": "keda.sh/v1alpha1",
 }
@@ -133,6 +134,26 @@ def test_service_monitor_scrapes_every_exporter_through_its_service():
         pods = [w for w, c in exporter_containers()
                 if selector <= w["spec"]["template"]["metadata"]["labels"].items()]
         assert pods, f"Service {service['metadata']['name']} selects no exporter pod"
+
+
+def test_pod_monitor_scrapes_instrumented_workers_in_the_job_the_rules_select():
+    (monitor,) = of_kind("PodMonitor")
+    assert monitor["apiVersion"] == CRDS["PodMonitor"]
+    wanted = monitor["spec"]["selector"]["matchLabels"].items()
+    workers = [w for w in pod_templates() if wanted <= w["spec"]["template"]["metadata"]["labels"].items()]
+    assert workers, "the PodMonitor selects no worker pod"
+    from celery_stalk.mixin.config import DEFAULT
+
+    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+        relabel = {r["targetLabel"]: r["replacement"] for r in endpoint["relabelings"]}
+        assert DEFAULT.selector == f'job="{relabel["job"]}"'
+        for worker in workers:
+            (container,) = worker["spec"]["template"]["spec"]["containers"]
+            ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+            assert endpoint["port"] in ports, worker["metadata"]["name"]
+            command = container["command"]
+            assert command[command.index("--stalk-port") + 1] == str(ports[endpoint["port"]])
+            assert "-E" not in command  # nothing counted twice: the worker counts its tasks
 
 
 def metric_names(query: str) -> set[str]:

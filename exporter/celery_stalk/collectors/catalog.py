@@ -148,6 +148,9 @@ CATALOG: dict[str, Metric] = {
         Metric("celery_stalk_queue_wait_clock_skew_total", "counter", (),
                "Queue waits that came out more than 1 s negative (observed as 0) or longer than "
                "30 days (not observed) because producer and worker clocks disagree."),
+        Metric("celery_stalk_task_metrics_from_events", "gauge", (),
+               "1 if this exporter counts task metrics from task events, 0 if it leaves them to "
+               "instrumented workers (--task-metrics-source workers)."),
         Metric("celery_stalk_tracked_tasks", "gauge", (),
                "Tasks in flight kept for joining events (bounded by --max-tracked-tasks)."),
         Metric("celery_stalk_tracked_tasks_evicted_total", "counter", (),
@@ -231,10 +234,10 @@ def labelled(name: str, values: dict[str, int]) -> Family:
     return fam
 
 
-def catalog_markdown() -> str:
-    """The README's metric table, generated from CATALOG."""
+def catalog_markdown(catalog: dict[str, Metric] = CATALOG) -> str:
+    """The README's metric table, generated from CATALOG (or another catalog)."""
     rows = ["| metric | type | labels | meaning |", "| --- | --- | --- | --- |"]
-    for m in CATALOG.values():
+    for m in catalog.values():
         labels = ", ".join(f"`{label}`" for label in m.labels) or "—"
         rows.append(f"| `{m.name}` | {m.kind} | {labels} | {m.help} |")
     return "\n".join(rows)

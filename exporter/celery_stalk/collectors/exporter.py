@@ -29,6 +29,7 @@ class ExporterCollector:
         yield labelled("celery_stalk_events_invalid_total", invalid)
         if health.last_event is not None:
             yield single("celery_stalk_last_event_timestamp_seconds", health.last_event)
+        yield single("celery_stalk_task_metrics_from_events", 1 if self.model.counts_task_events else 0)
         yield single("celery_stalk_tracked_tasks", health.tracked_tasks)
         yield single("celery_stalk_tracked_tasks_evicted_total", health.evicted_tasks)
         yield labelled("celery_stalk_label_overflow_total", health.overflow)

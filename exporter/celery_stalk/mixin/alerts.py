@@ -409,7 +409,9 @@ def alerts(c: Config) -> list[Alert]:
                 f"{c.no_consumers_for}. The Redis "
                 "rule judges only queues whose `task-sent` events the exporter has seen "
                 "(`task_send_sent_event = True` on producers): without them a received task "
-                "cannot be tied to its queue."
+                "cannot be tied to its queue. With the exporter in `--task-metrics-source "
+                "workers` mode it judges every queue it reads, by the tasks the instrumented "
+                "workers (scraped in the same job) received from it."
             ),
             confirm=(
                 "`celery -A proj inspect active_queues` lists the queues each worker consumes. "
@@ -676,7 +678,9 @@ def _events_stalled(c: Config) -> str:
     # it steady, so it cannot look like missing events however long it runs. A task event
     # arrived: its counter grew, or its series appeared (the first task events after an
     # exporter restart create them, and increase() cannot see a series' first sample).
+    # An exporter run with --task-metrics-source workers expects no task events at all.
     return _once(c, f"""\
+(
 (
     sum without (worker) (
         changes({_sel(c, "celery_worker_tasks_active")}[{w}]) > 0
@@ -704,7 +708,10 @@ or
           resets({_sel(c, "celery_queue_messages")}[{w}]) unless {_sel(c, "celery_queue_consumers")}
         ) >= 2
     )
-)""")
+)
+)
+unless on ({_target(c)})
+  {_sel(c, "celery_stalk_task_metrics_from_events")} == 0""")
 
 
 def _worker_lost(c: Config) -> str:
@@ -742,6 +749,9 @@ def _no_consumers(c: Config) -> str:
     # A task received from the queue in the window: the counter grew, or its series
     # appeared (increase() cannot see a series' first sample, as after an exporter restart).
     received = _sel(c, "celery_task_received_total")
+    # An exporter that leaves task metrics to instrumented workers (--task-metrics-source
+    # workers) counts no task: the received tasks are the workers' series, in the same job.
+    from_events = _sel(c, "celery_stalk_task_metrics_from_events")
     return _once(c, f"""\
 (
     {messages} > 0
@@ -759,6 +769,18 @@ or
     sum without (task) (increase({received}[{w}])) > 0
   unless
     sum without (task) ({received} unless {received} offset {w})
+)
+or
+(
+    {messages} > 0
+  and on ({_target(c)})
+    {from_events} == 0
+  unless
+    {_sel(c, "celery_queue_consumers")}
+  unless on (job, queue)
+    sum by (job, queue) (increase({received}[{w}])) > 0
+  unless on (job, queue)
+    sum by (job, queue) ({received} unless {received} offset {w})
 )""")
 
 

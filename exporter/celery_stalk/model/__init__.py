@@ -74,6 +74,7 @@ class Model:
         settings: ModelSettings | None = None,
         static_queues: tuple[str, ...] = (),
         routes: tuple[tuple[str, str], ...] = (),
+        count_task_events: bool = True,
     ):
         self.settings = s = settings or ModelSettings()
         task_routes = TaskRoutes(routes)
@@ -91,7 +92,10 @@ class Model:
         self._last_event: float | None = None
         # The dispatch table: event type -> handler. Task events are keyed by a
         # task id, checked here once for all of them.
-        self._task_handlers = self.tasks.handlers()
+        # Without it (the workers serve task metrics), task events are only tallied
+        # in events_total, as for a type that is known but not modelled.
+        self.counts_task_events = count_task_events
+        self._task_handlers = self.tasks.handlers() if count_task_events else {}
         self._other_handlers = self.workers.handlers()
 
     # -- input ------------------------------------------------------------
