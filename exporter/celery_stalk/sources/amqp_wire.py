@@ -218,7 +218,7 @@ class DeliveryParser:
         expect = self.expect
         head = _FRAME_HEAD
         try:
-            while end - pos >= FRAME_OVERHEAD:
+            while end - pos >= 7:  # a frame's type, channel and size
                 kind, channel, size = head(buffer, pos)
                 stop = pos + 7 + size
                 if stop >= end:
