@@ -15,9 +15,8 @@ import os
 import subprocess
 import time
 
-from kombu import Connection, Exchange
-
 import stream
+from kombu import Connection, Exchange
 
 
 class AmqpPublisher:

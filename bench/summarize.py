@@ -77,9 +77,10 @@ def rabbitmq_ingest() -> str:
            + ", ".join(f"{min(lo):.2f}–{max(lo):.2f}" for lo in loads) + ".", ""]
     for shape in [shape for shape in ("batched", "single") if shape in runs[0]["runs"]]:
         alone = [r["publisher_alone"][shape]["published_events_per_s"] for r in runs]
-        out += [f"**{shape}** ({'task.multi, up to 24 events a message' if shape == 'batched' else 'one event per message'}); "
-                f"publisher + broker alone: {spread(alone)} events/s", "",
-                "| consumer | sustained events/s, nothing lost | CPU per event | its core busy at the top step | first step it lost at | burst: published, lost, left in the queue |",
+        kind = "task.multi, up to 24 events a message" if shape == "batched" else "one event per message"
+        out += [f"**{shape}** ({kind}); publisher + broker alone: {spread(alone)} events/s", "",
+                "| consumer | sustained events/s, nothing lost | CPU per event | its core busy at the "
+                "top step | first step it lost at | burst: published, lost, left in the queue |",
                 "| --- | --- | --- | --- | --- | --- |"]
         for name in runs[0]["runs"][shape]:
             results = [r["runs"][shape][name] for r in runs]

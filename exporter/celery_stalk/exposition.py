@@ -12,14 +12,17 @@ prometheus_client families for any registry or encoder that asks for samples.
 
 The response is compressed at gzip level 1 (prometheus_client uses 9): on a
 20 MB exposition that is about 40 ms instead of 800, for a body 20% larger.
+What did not change since the last scrape costs neither: a series family whose
+values are the same returns the same text, and each family's compressed piece
+is kept (Renderer.render_gzip).
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
-from functools import lru_cache
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from itertools import accumulate
 from operator import is_
 from typing import NamedTuple
@@ -76,14 +79,13 @@ class _Series(_LazySamples):
         kept = cache.get(self.name)
         if kept is None or kept.header != header or self.series.keys() != kept.keys:
             keys, order, big, template = set(self.series), sorted(self.series), frozenset(), None
-            sources = list(map(self.series.__getitem__, order))
         else:
             keys, order, big, template = kept.keys, kept.order, kept.big, kept.template
-            sources = list(map(self.series.__getitem__, order))
-            if all(map(is_, sources, kept.sources)):
-                # The very objects of the last scrape: the model replaces a histogram
-                # rather than change one it handed out, so nothing changed.
-                return kept.text
+        sources = list(map(self.series.__getitem__, order))
+        if template is not None and all(map(is_, sources, kept.sources)):
+            # The very objects of the last scrape: the model replaces a histogram
+            # rather than change one it handed out, so nothing changed.
+            return kept.text
         values, now_big = self._values(order, big)
         if now_big != big:
             big, template = now_big, None
@@ -176,6 +178,7 @@ class SeriesHistogram(_Series, HistogramMetricFamily):
                 append(total)
         return tuple(values), frozenset(now_big)
 
+
 # Value slots of the templates (whose label strings have their % doubled). Below
 # LARGE, "%d.0" of a count and "%r" of a float's sum print what floatToGoString
 # prints; anything else is passed through it first, into "%s".
@@ -237,7 +240,8 @@ class Renderer:
 
     def __init__(self) -> None:
         self.templates: dict = {}
-        self._compressed: dict[str, tuple[bytes, bytes]] = {}  # family -> (text, deflated)
+        # family name -> (text, its deflated piece, its CRC-32)
+        self._compressed: dict[str, tuple[bytes, bytes, int]] = {}
 
     def texts(self, registry, encoder, content_type: str):
         """(family name, its text) for each family of ``registry``, in the format of
@@ -270,27 +274,27 @@ class Renderer:
         is rendered.
         """
         kept, fresh = self._compressed, {}
-        pieces: list = []  # (text, deflated, crc) or (text, future of (deflated, crc))
+        pieces: list = []  # (name, text, deflated, crc) or (name, text, future of (deflated, crc))
         for name, text in self.texts(registry, encoder, content_type):
             cached = kept.get(name)
             if cached is not None and cached[0] == text:  # the same object when unchanged
-                pieces.append(cached)
+                pieces.append((name, *cached))
             elif len(text) >= THREADED_DEFLATE:
-                pieces.append((text, _deflaters.submit(_deflate, text)))
+                pieces.append((name, text, _deflaters.submit(_deflate, text)))
             else:
-                pieces.append((text, *_deflate(text)))
-            fresh[name] = pieces[-1]
+                pieces.append((name, text, *_deflate(text)))
         crc, size, out = 0, 0, [GZIP_HEADER]
-        for name, piece in zip(fresh, pieces):
-            text = piece[0]
-            if len(piece) == 2:  # deflated on a side thread
-                piece = fresh[name] = (text, *piece[1].result())
+        for piece in pieces:
+            name, text = piece[0], piece[1]
+            if len(piece) == 3:  # deflated on a side thread
+                piece = (name, text, *piece[2].result())
+            fresh[name] = piece[1:]
             if len(text) < THREADED_DEFLATE:
                 crc = zlib.crc32(text, crc)
             else:  # its CRC was taken beside its deflate, or kept: only combined here
-                crc = crc32_combine(crc, piece[2], len(text))
+                crc = crc32_combine(crc, piece[3], len(text))
             size += len(text)
-            out.append(piece[1])
+            out.append(piece[2])
         self._compressed = fresh  # replaced whole: thread safe; families gone are dropped
         out += [DEFLATE_END, struct.pack("<II", crc, size & 0xFFFFFFFF)]
         return b"".join(out)
