@@ -12,6 +12,7 @@ then TCP), so ``published_events_per_s`` of a step says what the broker took.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 
@@ -32,6 +33,12 @@ class AmqpPublisher:
         channel = self.connection.connection.channel(1)
         Exchange("celeryev", type="topic", durable=True)(channel).declare()
         self.sock = self.connection.connection.sock
+        # RabbitMQ blocks a publisher faster than it can route (credit flow) for as long
+        # as it takes: a write must wait, not time out.
+        self.sock.settimeout(None)
+        # py-amqp sets TCP_USER_TIMEOUT to 1 s: a write the broker leaves unacknowledged
+        # that long (it is pushing back) would drop the connection.
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 0)
 
     def publish(self, messages: list, rate: float | None) -> tuple[float, float]:
         self.next_heartbeat = 0.0

@@ -271,3 +271,19 @@ def test_vhost_url_encoded_credentials_and_failover(rabbitmq_server, fleet):
         for form in (SECRET, quote(SECRET, safe=""), SECRET[::-1], "hunter2"):
             assert form not in text
     assert re.search(r"reconnecting in [\d.]+ s", refused.output())
+
+
+def test_a_deleted_event_queue_is_subscribed_again_at_once(rabbitmq_server, fleet):
+    """The broker cancels our consumer (Basic.Cancel) but the connection works: no backoff."""
+    exporter = fleet(ExporterProcess(rabbitmq_server.url))
+    time.sleep(5.5)  # a subscription that ends at once would get the backoff
+    (name,) = our_queues(rabbitmq_server)
+    rabbitmq_server.ctl("delete_queue", name)
+    eventually(lambda: counted(exporter, "celery_stalk_broker_reconnects_total") == 1, 5,
+               message="subscribed again")
+    eventually(lambda: list(our_queues(rabbitmq_server)) not in ([], [name]), 10,
+               message="a new event queue")
+    assert "subscribing again at once" in exporter.output()
+    assert "reconnecting in" not in exporter.output()  # no backoff was waited
+    publish_raw(rabbitmq_server.url, [started_batch("again-", 20)])
+    eventually(lambda: counted(exporter, type="task-started") >= 20, 10, message="counting again")

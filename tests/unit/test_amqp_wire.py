@@ -10,7 +10,6 @@ import struct
 import pytest
 from amqp.basic_message import Message as AmqpMessage
 from amqp.serialization import dumps, loads
-
 from celery_stalk.sources import amqp_wire as wire
 
 FRAME_MAX = 4096

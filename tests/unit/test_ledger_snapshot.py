@@ -4,6 +4,7 @@ a snapshot must never see a change made after it was taken."""
 from __future__ import annotations
 
 from celery_stalk.model import Model, ModelSettings
+
 from tests import events as ev
 
 

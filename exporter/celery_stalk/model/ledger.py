@@ -38,12 +38,10 @@ class Histogram:
         self.total = previous.total if previous else 0.0
         self.generation = generation
 
-    def copy(self) -> HistogramView:
-        return HistogramView(self.counts[:], self.total)
-
 
 class HistogramView(NamedTuple):
-    """A Histogram's values at snapshot time (a tuple: cheap to make by the thousand)."""
+    """A histogram's values, as the renderer reads them (``counts``, ``total``): for
+    families built by hand."""
 
     counts: list[int]
     total: float
