@@ -29,8 +29,9 @@ class Consumer:
     counts = ("task-sent", "task-received", "task-started", "task-succeeded", "task-failed",
               "task-retried")
 
-    def __init__(self, broker_url: str, port: int):
+    def __init__(self, broker_url: str, port: int, cpu: int | None = None):
         self.broker_url, self.port = broker_url, port
+        self.cpu = cpu  # pinned to this CPU (taskset), or free
         self.log = tempfile.NamedTemporaryFile("w+", prefix=f"bench-{self.name}-", suffix=".log")
         self.proc: subprocess.Popen | None = None
 
@@ -39,8 +40,9 @@ class Consumer:
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(BENCH)}
-        # BENCH_CONSUMER_CPUS=1: the consumer alone pinned to that core (its ceiling on one core)
-        cpus = os.environ.get("BENCH_CONSUMER_CPUS")
+        # pinned to self.cpu (ingest.py --pin), or BENCH_CONSUMER_CPUS=1: the consumer alone
+        # on that core (its ceiling on one core)
+        cpus = str(self.cpu) if self.cpu is not None else os.environ.get("BENCH_CONSUMER_CPUS")
         command = (["taskset", "-c", cpus] if cpus else []) + self.command()
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
                                      env=env, cwd=BENCH, start_new_session=True)
@@ -98,7 +100,7 @@ def _sum_by_type(text: str, metric: str) -> Counter:
 
 
 class Stalk(Consumer):
-    """celery-stalk as users run it (Redis: the pub/sub event source)."""
+    """celery-stalk as users run it (its dedicated event reader on Redis and RabbitMQ)."""
 
     name = "celery-stalk"
     counts = Consumer.counts + ("worker-heartbeat",)
@@ -112,7 +114,8 @@ class Stalk(Consumer):
 
 
 class StalkKombu(Stalk):
-    """celery-stalk with the kombu consumer it used on Redis before: the before/after baseline."""
+    """celery-stalk with the kombu consumer it used before its dedicated readers: the
+    before/after baseline."""
 
     name = "celery-stalk-kombu"
 

@@ -1,8 +1,9 @@
-"""Benchmark 1: event ingest through a real redis-server, celery-stalk against its peers.
+"""Benchmark 1: event ingest through a real broker, celery-stalk against its peers.
 
 For each stream shape (batched task.multi, one event per message) and each
-consumer, in turn on the same private redis-server (default
-client-output-buffer-limit, checked at start), with the same generated stream:
+consumer, in turn on the same private broker (redis-server with its default
+client-output-buffer-limit, checked at start; or a RabbitMQ node), with the
+same generated stream:
 
 * ladder: publish at an offered rate for --duration seconds, wait until the
   consumer's /metrics counts every event of the slice (or stops making
@@ -13,10 +14,14 @@ client-output-buffer-limit, checked at start), with the same generated stream:
   arrives (a slow consumer is dropped by Redis here, or exits).
 
 A consumer runs alone (peers are stopped), so the three never share the two
-cores; the publisher and redis-server do run beside it. Results go to a JSON
-file and a table on stdout.
+cores; the publisher and the broker do run beside it (with --pin, on the other
+core: the consumer on CPU 1, the publisher and the broker on CPU 0). On
+RabbitMQ, each shape starts with the publisher alone (a queue bound, nobody
+consuming): the rate the broker takes, the ceiling of every ladder. Results
+go to a JSON file and a table on stdout.
 
     bench/.venv/bin/python bench/ingest.py --shape batched --consumer celery-stalk
+    bench/.venv/bin/python bench/ingest.py --broker rabbitmq --pin --tasks 50000
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -34,9 +40,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import rabbitmq  # noqa: E402
 import stream  # noqa: E402
 from consumers import CONSUMERS, wait_subscribed  # noqa: E402
-from tests.brokers import RedisServer, free_port  # noqa: E402
+
+from tests.brokers import RabbitMQServer, RedisServer, free_port  # noqa: E402
+
+CONSUMER_CPU, PUBLISHER_CPU = 1, 0  # with --pin
 
 
 class Publisher:
@@ -112,6 +122,104 @@ class Publisher:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class RedisBroker:
+    """A private redis-server with Redis's default pub/sub output buffer limit."""
+
+    name = "redis"
+
+    def __init__(self, pin: bool):
+        self.server = RedisServer()
+        self.pin = pin
+
+    def __enter__(self):
+        self.server.__enter__()
+        if self.pin:
+            rabbitmq.pin_tree(self.server._proc.pid, PUBLISHER_CPU)
+        self.client = self.server.client()
+        limit = self.client.config_get("client-output-buffer-limit")["client-output-buffer-limit"]
+        self.info = {"version": self.client.info()["redis_version"],
+                     "client-output-buffer-limit": limit}
+        print(f"redis {self.info['version']} client-output-buffer-limit: {limit}")
+        return self
+
+    def __exit__(self, *exc):
+        self.server.__exit__(*exc)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def publisher(self, fleet):
+        return Publisher(self.server.port, fleet)
+
+    def wait_ready(self, consumer) -> None:
+        wait_subscribed(self.client, consumer)
+
+    def backlog(self) -> int | None:
+        return None  # pub/sub keeps none: what a subscriber misses is gone
+
+    def reset(self) -> None:
+        self.client.flushall()
+
+
+class RabbitBroker:
+    """A private RabbitMQ node (tests/brokers.py), no plugins, default settings."""
+
+    name = "rabbitmq"
+
+    def __init__(self, pin: bool):
+        self.server = RabbitMQServer()
+        self.pin = pin
+
+    def __enter__(self):
+        self.server.__enter__()
+        if self.pin:
+            rabbitmq.pin_tree(self.server._proc.pid, PUBLISHER_CPU)
+        version = self.server.ctl("version").strip()
+        self.info = {"version": version}
+        print(f"rabbitmq {version}")
+        return self
+
+    def __exit__(self, *exc):
+        self.server.__exit__(*exc)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def publisher(self, fleet):
+        return rabbitmq.AmqpPublisher(self.server.url, fleet)
+
+    def wait_ready(self, consumer) -> None:
+        rabbitmq.wait_consuming(self.server, consumer)
+
+    def backlog(self) -> int | None:
+        """Messages waiting in the event queues (the consumer's, while it runs)."""
+        return sum(ready for ready, _ in rabbitmq.event_queues(self.server).values())
+
+    def reset(self) -> None:
+        for name in rabbitmq.event_queues(self.server):
+            self.server.ctl("delete_queue", name)
+
+    def publisher_alone(self, messages: list, spec) -> dict:
+        """The rate the broker takes the stream at with nobody consuming (a queue of our
+        own bound, so every message is routed and stored, as for a consumer)."""
+        from kombu import Connection, Exchange, Queue
+
+        queue = Queue("celeryev.bench-publisher-alone", Exchange("celeryev", type="topic"),
+                      routing_key="#", auto_delete=False, durable=False)
+        with Connection(self.server.url) as connection:
+            queue(connection.default_channel).declare()
+            publisher = self.publisher(stream.Fleet(spec))
+            try:
+                start, end = publisher.publish(messages, None)
+            finally:
+                publisher.close()
+            events = sum(m.events for m in messages)
+            queue(connection.default_channel).delete()
+        return {"events": events, "published_events_per_s": round(events / (end - start))}
 
 
 class Cursor:
@@ -197,7 +305,7 @@ class RssSampler:
         self.thread.join()
 
 
-def run_step(consumer, publisher, messages, rate, args) -> dict:
+def run_step(consumer, broker, publisher, messages, rate, args) -> dict:
     totals = stream.totals(messages)
     before = settled_counts(consumer)
     cpu_before = consumer.cpu_seconds()
@@ -229,16 +337,18 @@ def run_step(consumer, publisher, messages, rate, args) -> dict:
         "rss_mb_peak": round(rss.peak, 1),
         "slowest_scrape_s": round(scrape_s, 2),
         "loadavg": os.getloadavg()[0],
+        # messages left in the broker's event queues once counted (RabbitMQ)
+        "backlog_messages": broker.backlog() if alive else None,
     }
     result["kept_up"] = bool(done and lost == 0 and done - end <= args.max_lag + scrape_s)
     return result
 
 
-def start_consumer(name, url, redis_client):
-    consumer = CONSUMERS[name](url, free_port())
+def start_consumer(name, broker, args):
+    consumer = CONSUMERS[name](broker.url, free_port(), CONSUMER_CPU if args.pin else None)
     consumer.start()
     try:
-        wait_subscribed(redis_client, consumer)
+        broker.wait_ready(consumer)
     except BaseException:
         consumer.stop()
         raise
@@ -246,27 +356,35 @@ def start_consumer(name, url, redis_client):
     return consumer
 
 
-def ladder(name, url, redis_client, publisher, cursor, args, log) -> dict:
+def ladder(name, broker, publisher, cursor, args, log) -> dict:
     steps = []
-    consumer = start_consumer(name, url, redis_client)
+    consumer = start_consumer(name, broker, args)
     try:
-        rate = args.start_rate or (20_000.0 if name.startswith("celery-stalk") else 2_000.0)
+        rate = args.start_rate or (args.stalk_start_rate if name.startswith("celery-stalk")
+                                   else 2_000.0)
         best, failed = None, None
         def step_at(rate: float) -> dict:
             """One ladder step at ``rate``, on a fresh consumer if the last one died."""
             nonlocal consumer
             if not consumer.alive():
                 consumer.stop()
-                consumer = start_consumer(name, url, redis_client)
-            step = run_step(consumer, publisher, cursor.take(int(rate * args.duration)), rate, args)
+                consumer = start_consumer(name, broker, args)
+            step = run_step(consumer, broker, publisher, cursor.take(int(rate * args.duration)),
+                            rate, args)
             steps.append(step)
             log(name, step)
             return step
 
+        publisher_limited = False
         while rate <= args.max_rate:
             step = step_at(rate)
             if step["kept_up"]:
                 best = step
+                if step["published_events_per_s"] < 0.9 * rate:
+                    # The broker took less than offered: the ladder has reached the
+                    # publisher's limit, not the consumer's. Higher steps measure nothing new.
+                    publisher_limited = True
+                    break
                 rate *= 1.5
             else:
                 failed = step
@@ -279,26 +397,27 @@ def ladder(name, url, redis_client, publisher, cursor, args, log) -> dict:
         if args.burst_events:
             if not consumer.alive():
                 consumer.stop()
-                consumer = start_consumer(name, url, redis_client)
-            burst = run_step(consumer, publisher, cursor.take(args.burst_events), None, args)
+                consumer = start_consumer(name, broker, args)
+            burst = run_step(consumer, broker, publisher, cursor.take(args.burst_events), None, args)
             log(name, burst)
     finally:
         consumer.stop()
     return {
         "sustained_events_per_s": best["processed_events_per_s"] if best else 0,
         "sustained_offered_events_per_s": best["offered_events_per_s"] if best else 0,
+        "publisher_limited": publisher_limited,
         "steps": steps,
         "burst": burst,
     }
 
 
-def sustain(name, url, redis_client, publisher, cursor, spec, args, log) -> dict:
+def sustain(name, broker, publisher, cursor, spec, args, log) -> dict:
     """One long step at --sustain tasks/s: does anything get lost, does memory stay flat?"""
     events_per_task = sum(m.events for m in cursor.messages) / spec.tasks
     rate = args.sustain * events_per_task
-    consumer = start_consumer(name, url, redis_client)
+    consumer = start_consumer(name, broker, args)
     try:
-        step = run_step(consumer, publisher, cursor.take(int(rate * args.sustain_seconds)),
+        step = run_step(consumer, broker, publisher, cursor.take(int(rate * args.sustain_seconds)),
                         rate, args)
         log(name, step)
     finally:
@@ -309,12 +428,16 @@ def sustain(name, url, redis_client, publisher, cursor, spec, args, log) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--broker", choices=("redis", "rabbitmq"), default="redis")
+    parser.add_argument("--pin", action="store_true", help=f"the consumer on CPU {CONSUMER_CPU}, "
+                        f"the publisher and the broker on CPU {PUBLISHER_CPU} (taskset)")
     parser.add_argument("--shape", action="append", choices=("batched", "single"))
     parser.add_argument("--consumer", action="append", choices=sorted(CONSUMERS))
     parser.add_argument("--tasks", type=int, default=120_000, help="tasks in the generated stream")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per ladder step")
     parser.add_argument("--start-rate", type=float, help="first ladder step (default: 20,000 "
-                        "events/s for celery-stalk, 2,000 for the others)")
+                        "events/s for celery-stalk, on RabbitMQ at most a quarter of what the "
+                        "publisher alone reached; 2,000 for the others)")
     parser.add_argument("--max-rate", type=float, default=400_000.0)
     parser.add_argument("--max-lag", type=float, default=1.0)
     parser.add_argument("--stall", type=float, default=5.0)
@@ -325,6 +448,8 @@ def main() -> None:
     parser.add_argument("--sustain-seconds", type=float, default=75.0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    # Stopped with SIGTERM, still stop the broker and the consumer it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     shapes = args.shape or ["batched", "single"]
     names = args.consumer or ["celery-stalk", "celery-stalk-kombu", "flower", "celery-exporter"]
 
@@ -335,39 +460,48 @@ def main() -> None:
               f"unreceived={step['unreceived_messages']:>5} lag={step['lag_s']!s:>5} "
               f"cpu/event={step['cpu_us_per_event']!s:>5}us rss={step['rss_mb']!s:>6}MB peak={step['rss_mb_peak']}MB "
               f"scrape={step['slowest_scrape_s']}s "
-              f"alive={step['alive']} load={step['loadavg']:.2f}", flush=True)
+              f"alive={step['alive']} load={step['loadavg']:.2f} "
+              f"backlog={step['backlog_messages']}", flush=True)
 
+    if args.pin:
+        os.sched_setaffinity(0, {PUBLISHER_CPU})
     results = {"machine": machine(), "args": {k: v for k, v in vars(args).items() if k != "out"},
-               "runs": {}}
-    with RedisServer() as server:
-        client = server.client()
-        limit = client.config_get("client-output-buffer-limit")["client-output-buffer-limit"]
-        results["redis"] = {"version": client.info()["redis_version"],
-                            "client-output-buffer-limit": limit}
-        print(f"redis {results['redis']['version']} client-output-buffer-limit: {limit}")
+               "runs": {}, "publisher_alone": {}}
+    broker_class = RabbitBroker if args.broker == "rabbitmq" else RedisBroker
+    with broker_class(args.pin) as broker:
+        results[broker.name] = broker.info
         for shape in shapes:
             spec = stream.StreamSpec(tasks=args.tasks, batched=shape == "batched",
-                                     heartbeat_every_tasks=0)
+                                     heartbeat_every_tasks=0,
+                                     wire="amqp" if broker.name == "rabbitmq" else "redis")
             messages = stream.build(spec)
             print(f"{shape}: {len(messages)} messages, {sum(m.events for m in messages)} events, "
                   f"{sum(len(m.command) for m in messages) / 1e6:.0f} MB", flush=True)
+            args.stalk_start_rate = 20_000.0
+            if broker.name == "rabbitmq":
+                alone = broker.publisher_alone(messages, spec)
+                results["publisher_alone"][shape] = alone
+                print(f"  publisher alone: {alone['published_events_per_s']} events/s", flush=True)
+                # Below the broker's own ceiling, or the first step measures only the broker.
+                args.stalk_start_rate = min(20_000.0, round(alone["published_events_per_s"] / 4, -3))
             for name in names:
-                publisher = Publisher(server.port, stream.Fleet(spec))
+                publisher = broker.publisher(stream.Fleet(spec))
                 try:
                     cursor = Cursor(messages)
                     if args.sustain:
-                        run = sustain(name, server.url, client, publisher, cursor, spec, args, log)
+                        run = sustain(name, broker, publisher, cursor, spec, args, log)
                     else:
-                        run = ladder(name, server.url, client, publisher, cursor, args, log)
+                        run = ladder(name, broker, publisher, cursor, args, log)
                     run["stream_wrapped"] = cursor.wrapped
                 finally:
                     publisher.close()
                 results["runs"].setdefault(shape, {})[name] = run
                 print(f"{shape} {name}: sustained {run['sustained_events_per_s']} events/s", flush=True)
-                client.flushall()
+                broker.reset()
             del messages
     summary(results)
-    out = args.out or Path(__file__).parent / "results" / f"ingest-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = args.out or Path(__file__).parent / "results" / (
+        f"ingest-{args.broker}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out}")

@@ -1,5 +1,5 @@
-"""celery-stalk with the kombu event reader on Redis too: the baseline the pub/sub
-reader is measured against (ingest.py's celery-stalk-kombu)."""
+"""celery-stalk with the kombu event reader on every broker: the baseline the Redis
+and AMQP readers are measured against (ingest.py's celery-stalk-kombu)."""
 
 import socket
 

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Every benchmark, as bench/README.md reports them; results land in bench/results/.
-# About 50 minutes on the 2-core machine. Set RUNS to repeat the ingest ladder.
+# About 90 minutes on the 2-core machine. Set RUNS to repeat the ingest ladder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./bench/setup.sh
 py=bench/.venv/bin/python
 for run in $(seq "${RUNS:-3}"); do
   $py bench/ingest.py --out "bench/results/ingest-run$run.json"
+done
+# RabbitMQ: the consumer on one core, the publisher and the broker on the other.
+for run in $(seq "${RUNS:-3}"); do
+  $py bench/ingest.py --broker rabbitmq --pin --tasks 50000 --burst-events 150000 \
+    --out "bench/results/ingest-rabbitmq-run$run.json"
 done
 $py bench/ingest.py --shape batched --consumer celery-stalk --sustain 10000 --sustain-seconds 75 \
   --out bench/results/sustain-10k-celery-stalk.json

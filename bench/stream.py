@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import struct
 import time
 import uuid
 from collections import Counter
@@ -73,6 +74,9 @@ class StreamSpec:
     # Worker hostnames churn: every this many tasks, each worker is replaced by a
     # new one (as pods are in a rolling deploy). 0 keeps the same W workers.
     churn_every_tasks: int = 0
+    # How messages are kept: "redis" (RESP PUBLISH commands) or "amqp" (Basic.Publish
+    # frames to the celeryev exchange, as kombu's AMQP transport sends them).
+    wire: str = "redis"
 
 
 @dataclass
@@ -189,9 +193,13 @@ class Fleet:
 
     def message(self, routing_key: str, hostname: str, body) -> Message:
         events = body if isinstance(body, list) else [body]
+        if self.spec.wire == "amqp":
+            command = amqp_publish(routing_key, hostname, json.dumps(body).encode())
+        else:
+            command = publish_command(self.spec.db, routing_key,
+                                      envelope(routing_key, hostname, body, tag=self.tag()))
         return Message(
-            command=publish_command(self.spec.db, routing_key,
-                                    envelope(routing_key, hostname, body, tag=self.tag())),
+            command=command,
             events=len(events),
             types=tuple(Counter(e["type"] for e in events).items()),
         )
@@ -230,6 +238,27 @@ def resp_command(*parts: bytes) -> bytes:
     for part in parts:
         out.append(b"$%d\r\n%s\r\n" % (len(part), part))
     return b"".join(out)
+
+
+def amqp_publish(routing_key: str, hostname: str, body: bytes, channel: int = 1) -> bytes:
+    """Basic.Publish of one event message to ``celeryev``, with the properties kombu's
+    AMQP transport gives Celery's events: the JSON body as it is (no envelope), content
+    type and encoding, the ``hostname`` header, transient, priority 0."""
+
+    def shortstr(text: str) -> bytes:
+        data = text.encode()
+        return bytes((len(data),)) + data
+
+    def frame(kind: int, payload: bytes) -> bytes:
+        return struct.pack(">BHI", kind, channel, len(payload)) + payload + b"\xce"
+
+    method = struct.pack(">HHH", 60, 40, 0) + shortstr("celeryev") + shortstr(routing_key) + b"\x00"
+    host = hostname.encode()
+    headers = shortstr("hostname") + b"S" + struct.pack(">I", len(host)) + host
+    properties = (struct.pack(">H", 0xF800) + shortstr("application/json") + shortstr("utf-8")
+                  + struct.pack(">I", len(headers)) + headers + b"\x01\x00")
+    header = struct.pack(">HHQ", 60, 0, len(body)) + properties
+    return frame(1, method) + frame(2, header) + frame(3, body)
 
 
 def build(spec: StreamSpec) -> list[Message]:

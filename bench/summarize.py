@@ -66,6 +66,54 @@ def ingest() -> str:
     return "\n".join(out)
 
 
+def rabbitmq_ingest() -> str:
+    """The RabbitMQ ladder (ingest.py --broker rabbitmq --pin), run by run."""
+    runs = load("ingest-rabbitmq-run*.json")
+    if not runs:
+        return ""
+    loads = [[s["loadavg"] for shape in r["runs"].values() for c in shape.values() for s in c["steps"]]
+             for r in runs]
+    out = [f"{len(runs)} runs; median (min–max). Load average (1 min) during the runs: "
+           + ", ".join(f"{min(lo):.2f}–{max(lo):.2f}" for lo in loads) + ".", ""]
+    for shape in [shape for shape in ("batched", "single") if shape in runs[0]["runs"]]:
+        alone = [r["publisher_alone"][shape]["published_events_per_s"] for r in runs]
+        kind = "task.multi, up to 24 events a message" if shape == "batched" else "one event per message"
+        out += [f"**{shape}** ({kind}); publisher + broker alone: {spread(alone)} events/s", "",
+                "| consumer | sustained events/s, nothing lost | CPU per event | its core busy at the "
+                "top step | first step it lost at | burst: published, counted or lost, messages left in the queue |",
+                "| --- | --- | --- | --- | --- | --- |"]
+        for name in runs[0]["runs"][shape]:
+            results = [r["runs"][shape][name] for r in runs]
+            sustained = [r["sustained_events_per_s"] for r in results]
+            best = [max((s for s in r["steps"] if s["kept_up"]),
+                        key=lambda s: s["processed_events_per_s"], default=None) for r in results]
+            cpu = [s["cpu_us_per_event"] for s in best if s and s["cpu_us_per_event"]]
+            # how busy the consumer's own core was at the fastest step it kept up with: well
+            # under 100%, and the limit was the broker's delivery, not the consumer
+            busy = [f"{s['cpu_us_per_event'] * s['processed_events_per_s'] / 1e4:.0f}%"
+                    for s in best if s and s["cpu_us_per_event"]]
+            losses = []
+            for r in results:
+                lost = next((s for s in r["steps"] if s["lost_events"]), None)
+                losses.append(f"{lost['published_events_per_s']:,}/s: {lost['lost_events'] / lost['events']:.1%}"
+                              if lost else "none")
+            bursts = "; ".join(
+                f"{b['published_events_per_s']:,}/s"
+                + (f", all counted at {b['processed_events_per_s']:,}/s" if b["processed_events_per_s"]
+                   else f", lost {b['lost_events']:,}")
+                + f", {b['backlog_messages']} left" for b in (r["burst"] for r in results) if b)
+            out.append(f"| {name} | {spread(sustained)} | {spread(cpu)} µs | {', '.join(busy)} | "
+                       f"{'; '.join(losses)} | {bursts} |")
+        ratios = []
+        for r in runs:
+            peers = [c["sustained_events_per_s"] for n, c in r["runs"][shape].items() if n in PEERS]
+            if peers and max(peers):
+                ratios.append(r["runs"][shape]["celery-stalk"]["sustained_events_per_s"] / max(peers))
+        if ratios:
+            out += ["", "celery-stalk / faster peer, per run: " + ", ".join(f"{x:.1f}x" for x in ratios), ""]
+    return "\n".join(out)
+
+
 def sustain() -> str:
     out = ["| consumer | tasks/s | seconds | events | lost | lag at the end | RSS peak | alive |",
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -125,7 +173,8 @@ def queue_depth() -> str:
 
 
 def main() -> None:
-    for title, part in (("ingest", ingest), ("sustain", sustain), ("memory", memory),
+    for title, part in (("ingest", ingest), ("ingest, RabbitMQ", rabbitmq_ingest),
+                        ("sustain", sustain), ("memory", memory),
                         ("scrape", scrape), ("queue depth", queue_depth)):
         print(f"## {title}\n\n{part()}\n", file=sys.stdout)
 

@@ -379,9 +379,12 @@ class RabbitMQServer(_Server):
     start_timeout = 60.0
     stop_timeout = 30.0
 
-    def __init__(self) -> None:
+    def __init__(self, tls: bool = False) -> None:
+        """``tls=True`` adds a TLS listener (``tls_url``, certificate signed by ``ca_file``)
+        beside the plain one."""
         super().__init__()
-        self._port, self._dist_port, self._epmd_port = free_ports(3)
+        self._port, self._dist_port, self._epmd_port, self._tls_port = free_ports(4)
+        self.tls = tls
         self.nodename = f"stalk-{self._port}@localhost"
         self._epmd: subprocess.Popen | None = None
 
@@ -392,6 +395,14 @@ class RabbitMQServer(_Server):
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self._port}//"
+
+    @property
+    def tls_url(self) -> str:
+        return f"amqps://guest:guest@127.0.0.1:{self._tls_port}//"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.directory / "ca.crt"
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
         """Run ``rabbitmqctl`` against this node and return its output."""
@@ -427,11 +438,25 @@ class RabbitMQServer(_Server):
         (d / "rabbitmq-env.conf").write_text("")
         # No plugins: the management plugin would clash on port 15672.
         (d / "enabled_plugins").write_text("[].\n")
-        (d / "rabbitmq.conf").write_text(
+        config = (
             # Small test disks would otherwise trip the 50 MB default and
             # block every publisher.
             "disk_free_limit.absolute = 1MB\n"
         )
+        if self.tls:
+            from tests.tls import make_ca, make_cert
+
+            ca = make_ca(d, "ca")
+            cert, key = make_cert(d, "server", ca)
+            config += (
+                f"listeners.ssl.default = 127.0.0.1:{self._tls_port}\n"
+                f"ssl_options.cacertfile = {ca[0]}\n"
+                f"ssl_options.certfile = {cert}\n"
+                f"ssl_options.keyfile = {key}\n"
+                "ssl_options.verify = verify_none\n"
+                "ssl_options.fail_if_no_peer_cert = false\n"
+            )
+        (d / "rabbitmq.conf").write_text(config)
         # Erlang reads the cookie from $HOME; node and rabbitmqctl share it.
         cookie = d / ".erlang.cookie"
         cookie.write_text(secrets.token_hex(16))

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,53 @@ def test_metrics_app_leaves_other_methods_to_prometheus_client():
     statuses = []
     app(environ, lambda status, headers: statuses.append(status))
     assert statuses == ["405 Method Not Allowed"]
+
+
+# -- the compressed body: families kept compressed between scrapes -------------------------
+
+
+def test_gzip_body_is_one_member_equal_to_the_text_scrape_after_scrape():
+    """Families deflated apart and kept when unchanged must still make one valid gzip
+    member (CRC and length checked by the decoder), whatever changed in between."""
+    model = odd_model()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Exporter([*model_collectors(model, SourceState(), clock=lambda: 2000.0)],
+                               __version__, clock=lambda: 0.0))
+    encoder, content_type = choose_encoder(PROMETHEUS_ACCEPT)
+    renderer = exposition.Renderer()
+    for step in range(4):
+        if step == 1:  # one series of a large family changes; the others are kept
+            model.apply_many(ev.lifecycle("again", "app.add", "work", runtime=7.0), 1000.0)
+        if step == 3:  # a new label: templates are rebuilt
+            model.apply_many(ev.lifecycle("fresh", "app.new", "new-queue"), 1000.0)
+        body = renderer.render_gzip(registry, encoder, content_type)
+        member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        text = member.decompress(body)
+        assert member.eof and member.unused_data == b"", step  # exactly one member
+        assert text == encoder(registry), step
+        assert gzip.decompress(body) == text
+
+
+def test_unchanged_families_are_not_rendered_or_compressed_again():
+    registry = CollectorRegistry(auto_describe=False)
+    model = odd_model()
+    registry.register(Exporter([*model_collectors(model, SourceState(), clock=lambda: 2000.0)],
+                               __version__, clock=lambda: 0.0))
+    encoder, content_type = choose_encoder(PROMETHEUS_ACCEPT)
+    renderer = exposition.Renderer()
+    first = dict(renderer.texts(registry, encoder, content_type))
+    second = dict(renderer.texts(registry, encoder, content_type))
+    # the same bytes objects, so their compressed form is reused by identity
+    assert second["celery_task_runtime_seconds"] is first["celery_task_runtime_seconds"]
+    assert second["celery_task_succeeded"] is first["celery_task_succeeded"]
+    model.apply_many(ev.lifecycle("again", "app.add", "work", runtime=7.0), 1000.0)
+    third = dict(renderer.texts(registry, encoder, content_type))
+    assert third["celery_task_runtime_seconds"] is not second["celery_task_runtime_seconds"]
+    assert third["celery_task_runtime_seconds"] != second["celery_task_runtime_seconds"]
+
+
+@pytest.mark.parametrize("first, second", [(b"", b"x"), (b"x", b""), (b"abc", b"d" * 100_000),
+                                           (os.urandom(70_000), os.urandom(3))])
+def test_crc32_combine_is_zlibs(first, second):
+    assert exposition.crc32_combine(zlib.crc32(first), zlib.crc32(second), len(second)) == \
+        zlib.crc32(first + second)

@@ -24,20 +24,24 @@ Labels = tuple[str, str]  # (task, queue)
 
 
 class Histogram:
-    """Per-bucket (not cumulative) counts plus the sum; the last bucket is +Inf."""
+    """Per-bucket (not cumulative) counts plus the sum; the last bucket is +Inf.
 
-    __slots__ = ("counts", "total")
+    ``generation``: the ledger's snapshot generation it belongs to. One of an
+    older generation may be in a snapshot, so it is never changed again: the
+    ledger changes a copy (copy on write).
+    """
 
-    def __init__(self, n_buckets: int):
-        self.counts = [0] * (n_buckets + 1)
-        self.total = 0.0
+    __slots__ = ("counts", "total", "generation")
 
-    def copy(self) -> HistogramView:
-        return HistogramView(self.counts[:], self.total)
+    def __init__(self, n_buckets: int, generation: int = 0, previous: Histogram | None = None):
+        self.counts = previous.counts[:] if previous else [0] * (n_buckets + 1)
+        self.total = previous.total if previous else 0.0
+        self.generation = generation
 
 
 class HistogramView(NamedTuple):
-    """A Histogram's values at snapshot time (a tuple: cheap to make by the thousand)."""
+    """A histogram's values, as the renderer reads them (``counts``, ``total``): for
+    families built by hand."""
 
     counts: list[int]
     total: float
@@ -47,8 +51,8 @@ class HistogramView(NamedTuple):
 class TaskSnapshot:
     counters: dict[str, dict[Labels, int]]
     exceptions: dict[tuple[str, str, str], int]
-    runtime: dict[Labels, HistogramView]
-    wait: dict[Labels, HistogramView]
+    runtime: dict[Labels, Histogram]  # never changed once in a snapshot
+    wait: dict[Labels, Histogram]
     runtime_buckets: tuple[float, ...]
     wait_buckets: tuple[float, ...]
     name_unknown: dict[str, int]
@@ -73,6 +77,7 @@ class TaskLedger:
         self.wait: dict[Labels, Histogram] = {}
         self.name_unknown: dict[str, int] = {}
         self.clock_skew = 0
+        self.generation = 0  # of snapshots: see Histogram
         self.on_forget_task: list[Callable[[str], None]] = []
         self.on_forget_queue: list[Callable[[str], None]] = []
         self.task_names = LabelCap(s.max_task_names, (UNKNOWN,), s.label_ttl, self._forget_task)
@@ -95,10 +100,10 @@ class TaskLedger:
         self.name_unknown[kind] = self.name_unknown.get(kind, 0) + 1
 
     def observe_runtime(self, labels: Labels, seconds: float) -> None:
-        _observe(self.runtime, labels, self.runtime_buckets, seconds)
+        _observe(self.runtime, labels, self.runtime_buckets, seconds, self.generation)
 
     def observe_wait(self, labels: Labels, seconds: float) -> None:
-        _observe(self.wait, labels, self.wait_buckets, seconds)
+        _observe(self.wait, labels, self.wait_buckets, seconds, self.generation)
 
     # -- forgetting idle labels -----------------------------------------------
 
@@ -124,11 +129,15 @@ class TaskLedger:
     # -- output ---------------------------------------------------------------
 
     def snapshot(self) -> TaskSnapshot:
+        # The histograms are handed out as they are, not copied (10,000 copies would
+        # hold the model's lock for ms): from the next generation on, the events
+        # thread copies one before it changes it, once per scrape at most.
+        self.generation += 1
         return TaskSnapshot(
             counters={kind: dict(c) for kind, c in self.counters.items()},
             exceptions=dict(self.exceptions),
-            runtime={k: h.copy() for k, h in self.runtime.items()},
-            wait={k: h.copy() for k, h in self.wait.items()},
+            runtime=dict(self.runtime),
+            wait=dict(self.wait),
             runtime_buckets=self.runtime_buckets,
             wait_buckets=self.wait_buckets,
             name_unknown=dict(self.name_unknown),
@@ -136,9 +145,10 @@ class TaskLedger:
         )
 
 
-def _observe(hists: dict, labels: Labels, buckets: tuple[float, ...], value: float) -> None:
+def _observe(hists: dict, labels: Labels, buckets: tuple[float, ...], value: float,
+             generation: int) -> None:
     hist = hists.get(labels)
-    if hist is None:
-        hist = hists[labels] = Histogram(len(buckets))
+    if hist is None or hist.generation != generation:  # new, or in a snapshot: copy on write
+        hist = hists[labels] = Histogram(len(buckets), generation, hist)
     hist.counts[bisect_left(buckets, value)] += 1
     hist.total += value

@@ -1,5 +1,7 @@
-"""Celery events through kombu: AMQP (RabbitMQ), and any other transport kombu
-supports (the filesystem transport of the demo, SQS, ...), as the fallback.
+"""Celery events through kombu, for transports without a reader of their own
+(the filesystem transport of the demo, SQS, ...). Redis and RabbitMQ have theirs
+(redis.py, amqp.py); this one reads them too, much slower (the benchmarks'
+baseline, bench/kombu_exporter.py).
 
 A consumer of a queue of our own, bound to Celery's ``celeryev`` fanout
 exchange, declared anew on every connect: a RabbitMQ event queue that expired

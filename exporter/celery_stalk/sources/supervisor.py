@@ -76,6 +76,17 @@ class EventStreamStalled(Exception):
     """No event arrived for too long although workers are up."""
 
 
+class SubscriptionEnded(ConnectionError):
+    """The broker ended our subscription on a connection that works (RabbitMQ: our
+    event queue was deleted). Subscribing again at once is safe, and every second
+    waited is events lost."""
+
+
+# A subscription that ends sooner than this after it started gets the backoff:
+# something keeps ending it, and reconnecting at once would spin.
+RESUBSCRIBE_AT_ONCE_AFTER = 5.0
+
+
 class EventSource:
     def __init__(
         self,
@@ -99,6 +110,7 @@ class EventSource:
         self.thread = threading.Thread(target=self.run, name="celery-stalk-events", daemon=True)
         self.backoff = Backoff()
         self._last_message = 0.0  # monotonic; for the stall watchdog
+        self._connected_at = 0.0  # monotonic
         self._stalled: EventStreamStalled | None = None
 
     def start(self) -> None:
@@ -127,6 +139,10 @@ class EventSource:
                     continue
                 self.state.disconnected()
                 self.model.link_down()
+                if (isinstance(exc, SubscriptionEnded)
+                        and self.monotonic() - self._connected_at >= RESUBSCRIBE_AT_ONCE_AFTER):
+                    log.warning("%s; subscribing again at once", exc)
+                    continue
                 delay = self.backoff.next_delay()
                 log.warning(
                     "event consumer lost the broker (%s: %s); reconnecting in %.1f s",
@@ -146,7 +162,7 @@ class EventSource:
             self.model.link_up(self.clock())
             self.consuming.set()
             self.backoff.reset()
-            self._last_message = self.monotonic()
+            self._last_message = self._connected_at = self.monotonic()
             log.info("consuming events from %s", where)
             self._pump()
         except BaseException:
