@@ -279,7 +279,7 @@ class BeatTracker:
     def snapshot(self) -> BeatSnapshot:
         views: dict[str, BeatEntryView] = {}
         other = BeatEntryView("", "", None, None, None, self._other_runs, self._other_missed,
-                              self._other_duplicates, self._other_delay.copy())
+                              self._other_duplicates, _view(self._other_delay))
         for state in self.entries.values():
             if state.label == OTHER:
                 other.runs += state.runs
@@ -293,7 +293,7 @@ class BeatTracker:
             views[state.label] = BeatEntryView(entry.task, entry.schedule, state.last_run,
                                                state.due, state.last_missed, state.runs,
                                                state.missed,
-                                               state.duplicates, state.delay.copy())
+                                               state.duplicates, _view(state.delay))
         if any(s.label == OTHER for s in self.entries.values()) or other.runs or other.missed:
             views[OTHER] = other
         return BeatSnapshot(beat_entries=views, beat_delay_buckets=DELAY_BUCKETS,
@@ -306,6 +306,11 @@ class BeatTracker:
         for i, count in enumerate(state.delay.counts):
             self._other_delay.counts[i] += count
         self._other_delay.total += state.delay.total
+
+
+def _view(hist: Histogram) -> HistogramView:
+    """A histogram's values at snapshot time: the model keeps changing the histogram."""
+    return HistogramView(hist.counts[:], hist.total)
 
 
 def _definition(entry: BeatEntry) -> tuple:

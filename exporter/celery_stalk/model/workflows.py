@@ -345,8 +345,8 @@ class WorkflowTracker:
         return WorkflowSnapshot(
             workflows_started=dict(self.started),
             workflows_finished=dict(self.finished),
-            workflow_duration={k: h.copy() for k, h in self.duration.items()},
-            workflow_tasks={k: h.copy() for k, h in self.tasks.items()},
+            workflow_duration={k: _view(h) for k, h in self.duration.items()},
+            workflow_tasks={k: _view(h) for k, h in self.tasks.items()},
             workflow_buckets=self.buckets,
             workflow_tasks_buckets=tuple(float(b) for b in TASKS_BUCKETS),
             workflows_in_flight=in_flight,
@@ -355,6 +355,11 @@ class WorkflowTracker:
             workflows_evicted=dict(self.evicted),
             workflow_orphan_tasks=self.orphans,
         )
+
+
+def _view(hist: Histogram) -> HistogramView:
+    """A histogram's values at snapshot time: the model keeps changing the histogram."""
+    return HistogramView(hist.counts[:], hist.total)
 
 
 def _observe(hists: dict[str, Histogram], name: str, buckets: tuple, value: float) -> None:
