@@ -133,11 +133,13 @@ class WorkerProcess:
 
     def __init__(self, broker_url: str, nodename: str, queues: str = "work",
                  pool: str = "prefork", concurrency: int = 2, transport_options: dict | None = None,
-                 python: str = sys.executable):
-        """``python``: the interpreter of the venv whose Celery the worker runs."""
+                 python: str = sys.executable, app: str = "tests.celery_app",
+                 env: dict | None = None):
+        """``python``: the interpreter of the venv whose Celery the worker runs; ``app``:
+        the tests' Celery app module it runs."""
         self.nodename = nodename
         self.args = [
-            python, "-m", "celery", "-A", "tests.celery_app", "worker", "-E",
+            python, "-m", "celery", "-A", app, "worker", "-E",
             "-n", nodename, "-Q", queues, "-P", pool, "-c", str(concurrency),
             "--without-mingle", "--without-gossip", "-l", "WARNING",
         ]
@@ -146,6 +148,7 @@ class WorkerProcess:
             "STALK_TEST_BROKER": broker_url,
             "STALK_TEST_TRANSPORT_OPTIONS": json.dumps(transport_options or {}),
             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            **(env or {}),
         }
         self.log = tempfile.NamedTemporaryFile("w+", prefix="celery-worker-", suffix=".log")
         self.proc: subprocess.Popen | None = None
@@ -173,6 +176,54 @@ class WorkerProcess:
     def output(self) -> str:
         self.log.flush()
         return Path(self.log.name).read_text()
+
+
+def app_env(broker_url: str, **extra: str) -> dict:
+    """The environment of a process of one of the tests' Celery apps."""
+    return {"STALK_TEST_BROKER": broker_url,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            **extra}
+
+
+class BeatProcess:
+    """`celery -A tests.beat_app beat` with its own schedule file."""
+
+    def __init__(self, broker_url: str, **env: str):
+        self.dir = tempfile.TemporaryDirectory(prefix="celery-beat-")
+        self.args = [sys.executable, "-m", "celery", "-A", "tests.beat_app", "beat",
+                     "-s", str(Path(self.dir.name) / "schedule"), "--pidfile=", "-l", "INFO"]
+        self.env = {**os.environ, **app_env(broker_url, **env)}
+        self.log = Path(self.dir.name) / "beat.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> BeatProcess:
+        with self.log.open("w") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(self.args, env=self.env, cwd=self.dir.name,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+def save_redbeat_entry(redis_url: str, name: str, task: str, every: float, args=()) -> None:
+    """An entry added to RedBeat's schedule at run time, as applications do (in Redis only)."""
+    from celery import Celery
+    from celery.schedules import schedule
+    from redbeat import RedBeatSchedulerEntry
+
+    app = Celery("redbeat-entries", set_as_current=False)  # its own, so its own connection
+    app.conf.redbeat_redis_url = redis_url
+    RedBeatSchedulerEntry(name, task, schedule(every), args=list(args), app=app).save()
 
 
 def wait_worker_up(exporter: ExporterProcess, nodename: str, timeout: float = 30) -> None:

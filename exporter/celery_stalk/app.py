@@ -88,15 +88,43 @@ class QueueDiscovery:
             self.stop.wait(self.interval)
 
 
-def run(config: Config) -> int:
+def redbeat_refresher(config: Config, model: Model, timezone: str, stop: threading.Event):
+    """Reads RedBeat's schedule every --beat-refresh-interval, if --redbeat-key-prefix is set."""
+    if not config.redbeat_key_prefix:
+        return None
+    from .schedules import RedBeatReader, ScheduleRefresher
+
+    url = config.redbeat_url or config.broker_url  # Config.parse sets it with the prefix
+    ssl = None
+    if url.startswith("rediss"):  # verified as for the broker, with its options
+        files = {f"ssl_{k}": v for k, v in config.broker_ssl.items() if k != "cert_reqs"}
+        ssl = {**files, "ssl_cert_reqs": config.broker_ssl.get("cert_reqs", "required")}
+    reader = RedBeatReader(url, config.redbeat_key_prefix,
+                           timeout=config.queue_read_timeout, ssl=ssl, default_timezone=timezone)
+    return ScheduleRefresher(reader, model, config.beat_refresh_interval, stop)
+
+
+def run(config: Config, beat_entries: list | None = None, beat_timezone: str = "UTC") -> int:
+    """Run the exporter until SIGTERM. ``beat_entries``: the app's beat schedule
+    (celery -A proj stalk); ``beat_timezone``: the app's, for RedBeat's crontabs."""
     setup_logging(config)
     model = Model(config.model, static_queues=config.queues, routes=config.task_routes,
                   count_task_events=config.task_metrics_source == "events")
+    follows_tasks = config.task_metrics_source == "events"
+    if (beat_entries or config.redbeat_key_prefix) and not follows_tasks:
+        # Beat's runs are task events, which this mode does not apply: every run would
+        # look missed.
+        log.warning("--task-metrics-source workers: the beat schedule is not followed "
+                    "(its runs are seen in task events only)")
+    elif beat_entries:
+        for name in model.set_beat_schedule(beat_entries, time.time()):
+            log.warning("beat entry %r cannot be a label value: not followed", name)
     reader = reader_for(config)
     source_state = SourceState()
     consumer = event_source(config, model, source_state)
     stopping = threading.Event()
     discovery = QueueDiscovery(reader, model, config.queue_discovery_interval, stopping)
+    schedule = redbeat_refresher(config, model, beat_timezone, stopping) if follows_tasks else None
 
     web_stats = WebStats()
     registry = CollectorRegistry(auto_describe=False)
@@ -144,6 +172,8 @@ def run(config: Config) -> int:
 
     consumer.start()
     discovery.thread.start()
+    if schedule is not None:
+        schedule.thread.start()
     http_thread = threading.Thread(target=server.serve_forever, name="celery-stalk-http", daemon=True)
     http_thread.start()
     log.info(

@@ -2,8 +2,9 @@
 
 Celery's CLI loads commands from the ``celery.commands`` entry point group and
 hands them the loaded app as ``ctx.obj.app``. This command takes the broker
-URL, broker transport options, queues and static task routes from it, so a
-project with an app needs no flags. A flag or CELERY_STALK_* env var given
+URL, broker transport options, queues, static task routes and the beat
+schedule (beat_schedule, or RedBeat's keys when beat runs RedBeat) from it, so
+a project with an app needs no flags. A flag or CELERY_STALK_* env var given
 explicitly still wins over what the app says.
 """
 
@@ -16,6 +17,7 @@ import click
 from click.core import ParameterSource
 
 from .cli import run_with, serve_options
+from .schedules import entries_from_app, redbeat_from_app
 
 
 def broker_url(app) -> str:
@@ -110,4 +112,18 @@ def stalk(ctx: click.Context, **raw):
         if name == "broker_url" and given_file:
             continue
         raw[name] = read(app)
-    run_with(raw)
+    run_with(raw, **beat_schedule(ctx, app, raw))
+
+
+def beat_schedule(ctx: click.Context, app, raw: dict) -> dict:
+    """The app's schedule for app.run: RedBeat's keys when its beat runs RedBeat
+    (its settings as RedBeat reads them, unless given as flags), else beat_schedule."""
+    options: dict[str, object] = {"beat_timezone": str(app.timezone)}
+    redbeat = redbeat_from_app(app)
+    if redbeat is not None:
+        for name, value in zip(("redbeat_key_prefix", "redbeat_url"), redbeat):
+            if ctx.get_parameter_source(name) is ParameterSource.DEFAULT:
+                raw[name] = ";".join(value) if isinstance(value, (list, tuple)) else value
+    if not raw.get("redbeat_key_prefix"):
+        options["beat_entries"] = entries_from_app(app)
+    return options

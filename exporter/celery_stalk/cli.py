@@ -58,8 +58,9 @@ def serve(**raw):
     run_with(raw)
 
 
-def run_with(raw: dict) -> None:
-    """Parse the raw flag values into a Config and run the exporter; exits."""
+def run_with(raw: dict, **run_options) -> None:
+    """Parse the raw flag values into a Config and run the exporter (app.run, with
+    ``run_options``: the app's beat schedule); exits."""
     problems = []
     url_file = raw.pop("broker_url_file")
     if url_file:
@@ -79,7 +80,7 @@ def run_with(raw: dict) -> None:
 
     from .app import run  # imported late: --help and bad flags stay fast
 
-    sys.exit(run(config))
+    sys.exit(run(config, **run_options))
 
 
 @main.command()

@@ -45,6 +45,9 @@ class Config:
     task_routes: tuple[tuple[str, str], ...]  # (task name or glob, queue)
     broker_ssl: dict  # checked
     model: ModelSettings
+    redbeat_key_prefix: str | None
+    redbeat_url: str | None
+    beat_refresh_interval: float
     events_stall_timeout: float
     queue_read_timeout: float
     queue_discovery_interval: float
@@ -106,8 +109,8 @@ class Config:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """Strings that must never be printed: every password in the broker URL."""
-        return url_secrets(self.broker_url)
+        """Strings that must never be printed: every password in the broker and RedBeat URLs."""
+        return url_secrets(";".join(filter(None, (self.broker_url, self.redbeat_url))))
 
     @classmethod
     def parse(cls, **raw) -> Config:
@@ -159,6 +162,9 @@ class Parser:
 
     def file(self, option, raw: str | None) -> str | None:
         return raw
+
+    def text(self, option, raw: str | None) -> str | None:
+        return raw.strip() or None if raw is not None else None
 
     def seconds(self, option, raw: str | None) -> float | None:
         if raw is None:
@@ -287,10 +293,31 @@ class Parser:
                 f"({model.worker_timeout:g}), or a lost subscription would report every worker lost first"
             )
         url = values["broker_url"]
+        self._redbeat(values)
         if values["broker_ssl"] and url and urlsplit(url).scheme not in TLS_SCHEMES:
             self._fail(
                 "--broker-ssl-option: the broker URL is not a TLS one: use rediss:// or amqps://"
             )
+
+    def _redbeat(self, values: dict) -> None:
+        """RedBeat's keys are in Redis: its URL, from the flag or else the broker's."""
+        prefix, url = values["redbeat_key_prefix"], values["redbeat_url"]
+        if url and not prefix:
+            self._fail("--redbeat-url: RedBeat is read only with --redbeat-key-prefix: "
+                       "add --redbeat-key-prefix redbeat: (RedBeat's default)")
+            return
+        if not prefix:
+            return
+        if not url:
+            broker = (values["broker_url"] or "").split(";")[0].strip()
+            if urlsplit(broker).scheme not in ("redis", "rediss"):
+                self._fail("--redbeat-key-prefix: the broker is not Redis: name RedBeat's Redis "
+                           "with --redbeat-url redis://host:6379/0")
+                return
+            values["redbeat_url"] = broker
+        elif urlsplit(url).scheme not in ("redis", "rediss"):
+            self._fail(f"--redbeat-url: {redact_url(url)!r} is not a Redis URL: "
+                       "use redis://host:6379/0 or rediss://")
 
 
 def broker_url_problems(broker_url: str) -> list[str]:

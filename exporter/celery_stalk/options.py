@@ -17,6 +17,7 @@ from dataclasses import dataclass
 ENV_PREFIX = "CELERY_STALK"
 DEFAULT_PORT = 9808
 DEFAULT_BUCKETS = "0.01,0.05,0.1,0.25,0.5,1,2.5,5,10,30,60,120,300,600,1800,3600"
+WORKFLOW_BUCKETS = "0.1,0.5,1,2.5,5,10,30,60,120,300,600,1800,3600,7200,21600,86400"
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,23 @@ OPTIONS: tuple[Option, ...] = (
     Option("max-workers", "Distinct workers tracked at once; past it, a new worker takes the "
            "place of the one down longest, else of the one heard from least recently.", "count",
            "2000", model=True),
+    Option("workflow-settle", "Seconds none of a workflow's tasks (those sharing a root_id) must be "
+           "in flight before it counts as finished: a chain's next step or a chord's callback can "
+           "arrive after the task that sent it finished.", "seconds", "30", model=True),
+    Option("max-workflows", "Open workflows followed at once; past it the oldest is dropped and "
+           "counted in celery_stalk_workflows_evicted_total.", "count", "10000", model=True),
+    Option("workflow-buckets", "Comma-separated histogram bounds (seconds) for "
+           "celery_workflow_duration_seconds.", "buckets", WORKFLOW_BUCKETS, model=True),
+    Option("beat-grace", "Seconds past its due time after which a periodic task that was not "
+           "sent counts as a missed run.", "seconds", "60", model=True),
+    Option("max-beat-entries", "Beat entries with series of their own; the others are summed "
+           "under entry=\"other\".", "count", "1000", model=True),
+    Option("redbeat-key-prefix", "Read the beat schedule from RedBeat's keys in Redis under this "
+           "prefix (RedBeat's default is redbeat:), without the app. celery -A proj stalk sets it "
+           "when the app's beat_scheduler is RedBeat.", "text"),
+    Option("redbeat-url", "Redis URL of RedBeat's keys (its redbeat_redis_url); default: the "
+           "broker URL.", "text"),
+    Option("beat-refresh-interval", "Seconds between reads of RedBeat's schedule.", "seconds", "30"),
     Option("events-stall-timeout", "Seconds without any event, while workers are up, after which the "
            "event consumer takes its subscription for silently lost (half-open connection, broker "
            "failover) and reconnects. Must be shorter than --worker-timeout; default: half of it, "

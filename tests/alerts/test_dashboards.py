@@ -29,7 +29,8 @@ def panels(dashboard):
 
 def test_there_is_an_overview_and_a_drill_down_per_task_queue_and_worker():
     assert {p.stem for p in DASHBOARDS} == {
-        "celery-overview", "celery-task", "celery-queue", "celery-worker"}
+        "celery-overview", "celery-task", "celery-queue", "celery-worker",
+        "celery-beat-workflows"}
     uids = [load(p)["uid"] for p in DASHBOARDS]
     assert len(set(uids)) == len(uids)
 

@@ -133,9 +133,12 @@ def test_shipped_windows_page_as_fast_as_the_runbook_says():
     assert scrape + d["no_consumers_for"] <= 600  # never consumed: 10 minutes
     assert scrape + 60 + d["backlog_for"] <= 900  # growing steadily: 15 minutes
     assert d["worker_lost_window"] <= 900  # a lost worker resolves within 15 minutes
-    # the alerts without for: page on events the exporter already debounced
+    # the alerts without for: page on events the exporter already debounced (a missed
+    # periodic run is counted --beat-grace after its due time)
     assert {r["alert"] for r in alerting_rules() if "for" not in r} == {
-        "CeleryWorkerLost", "CeleryTaskTimeLimitHit"}
+        "CeleryWorkerLost", "CeleryTaskTimeLimitHit", "CeleryBeatRunMissed",
+        "CeleryBeatDuplicateRuns"}
+    assert 60 + scrape + d["beat_down_for"] <= 420  # beat down: 7 minutes after a due time
 
 
 def test_every_symptom_alert_is_aggregated_over_replicas_and_guarded_on_up():

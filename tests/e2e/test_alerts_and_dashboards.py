@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from celery import chain
 
 from celery_stalk.collectors import CATALOG
 from celery_stalk.mixin import RULES, render
@@ -30,7 +31,8 @@ from tests.alerts.promql import exposed_names, series_names
 from tests.brokers import RedisServer
 from tests.celery_app import make_app
 from tests.e2e.stack import Alertmanager, Prometheus, Webhook
-from tests.harness import ROOT, ExporterProcess, WorkerProcess, eventually, wait_worker_up
+from tests.harness import (ROOT, BeatProcess, ExporterProcess, WorkerProcess, eventually,
+                           save_redbeat_entry, wait_worker_up)
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +65,10 @@ def stack(rabbitmq_server):
     redis = RedisServer()
     try:
         redis.start()
-        flags = ("--worker-timeout", str(WORKER_TIMEOUT), "--worker-ttl", str(WORKER_TTL))
+        flags = ("--worker-timeout", str(WORKER_TIMEOUT), "--worker-ttl", str(WORKER_TTL),
+                 # the beat schedule from RedBeat's keys; workflows settled in a second
+                 "--redbeat-key-prefix", "redbeat:", "--beat-refresh-interval", "1",
+                 "--workflow-settle", "1")
         pair = [start(ExporterProcess(redis.url, *flags)) for _ in range(2)]
         amqp_exporter = start(ExporterProcess(rabbitmq_server.url, "--queue", "work"))
         webhook = start(Webhook())
@@ -232,7 +237,7 @@ def test_fault_matrix_pages_once_per_fault_in_time_and_never_from_the_dead(stack
 
 
 # What one send_traffic() adds up to, once the worker is done with it.
-WAVE = {"succeeded": 7, "failed": 6, "retried": 1, "rejected": 1, "revoked": 1}
+WAVE = {"succeeded": 10, "failed": 7, "retried": 1, "rejected": 1, "revoked": 1}
 
 
 def send_traffic(broker: str) -> None:
@@ -248,6 +253,10 @@ def send_traffic(broker: str) -> None:
         producer.send_task("tests.fail_key")
     producer.send_task("tests.sleep_past_soft_limit")
     producer.send_task("tests.reject")  # a rejection, not a failure
+    # workflows: a chain that succeeds, one whose second step fails
+    chain(producer.signature("tests.add", (1, 1)), producer.signature("tests.add", (2,))).delay()
+    chain(producer.signature("tests.add", (1, 1)),
+          producer.signature("tests.fail_value", immutable=True)).delay()
     # already expired when a worker receives it: revoked, never run
     producer.send_task("tests.add", args=(0, 0),
                        expires=datetime.now(timezone.utc) - timedelta(minutes=1))
@@ -272,6 +281,9 @@ def test_every_dashboard_panel_returns_data_after_real_traffic(stack, fleet):
     worker = fleet(WorkerProcess(stack.broker, f"busy@{HOST}", concurrency=2))
     wait_up_everywhere(stack.pair, worker.nodename)
     prometheus = stack.prometheus
+    # A periodic task from RedBeat's keys, as the exporters read them: a dynamic entry.
+    save_redbeat_entry(stack.broker, "add-every-second", "tests.add", 1.0, args=[1, 2])
+    fleet(BeatProcess(stack.broker, STALK_TEST_SCHEDULER="redbeat", STALK_TEST_BEAT_STATIC="no"))
 
     def scraped(query: str, at_least: int) -> bool:
         result = prometheus.api("query", query=query)["result"]

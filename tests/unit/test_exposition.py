@@ -18,7 +18,7 @@ from celery_stalk import __version__, exposition
 from celery_stalk.brokers import QueueDepth
 from celery_stalk.collectors import CATALOG, Exporter, QueueCollector, WebCollector, model_collectors
 from celery_stalk.exposition import SeriesCounter, SeriesHistogram
-from celery_stalk.model import HistogramView, Model, ModelSettings
+from celery_stalk.model import BeatEntry, HistogramView, Model, ModelSettings
 from celery_stalk.sources import SourceState
 from celery_stalk.webstats import WebStats
 from tests import events as ev
@@ -77,6 +77,13 @@ def busy_model() -> Model:
         {"type": "task-started"},
     ]
     model.apply_many(events, 1000.0)
+    model.set_beat_schedule([BeatEntry("nightly-report", "app.report", "()", "{}",
+                                       "every 60 s", next_due=lambda t: t + 60)], 1000.0)
+    model.beat_schedule_read(True)  # as after a read of RedBeat's keys
+    model.apply_many([*ev.chain(["c1", "c2"], ["app.fetch", "app.store"], t0=1000.0),
+                      *ev.lifecycle("r1", "app.report", t0=1001.0),
+                      ev.sent("o1", "app.open", root_id="o1"),
+                      ev.sent("o2", "app.open_step", root_id="o1", parent_id="o1")], 1001.0)
     model.apply(ev.heartbeat("w1@host-a", active=1), 1995.0)
     model.tick(2000.0)  # w2 went silent 1000 s ago: lost
     return model

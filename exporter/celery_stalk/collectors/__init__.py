@@ -1,10 +1,10 @@
 """Collectors: views that build fresh metric families at scrape time.
 
 One collector per file, each reading its own part of the model (or the broker)
-and nothing kept between scrapes: tasks.py, workers.py, queues.py,
-exporter.py (the exporter's own health) and web.py (the HTTP server's). Exporter runs them in turn and
-reports each one's success and duration, so one failing part does not hide
-the others. The catalog of every metric is catalog.py.
+and nothing kept between scrapes: tasks.py, workers.py, workflows.py, beat.py,
+queues.py, exporter.py (the exporter's own health) and web.py (the HTTP server's).
+Exporter runs them in turn and reports each one's success and duration, so one
+failing part does not hide the others. The catalog of every metric is catalog.py.
 """
 
 from __future__ import annotations
@@ -15,22 +15,26 @@ from typing import Callable, Iterable
 
 from prometheus_client.core import Metric as Family
 
+from .beat import BeatCollector
 from .catalog import CATALOG, family
 from .exporter import ExporterCollector
 from .queues import CollectorFailed, QueueCollector
 from .tasks import TaskCollector
 from .web import WebCollector
 from .workers import WorkerCollector
+from .workflows import WorkflowCollector
 
-__all__ = ["CATALOG", "CollectorFailed", "Exporter", "ExporterCollector", "QueueCollector",
-           "TaskCollector", "WebCollector", "WorkerCollector", "model_collectors"]
+__all__ = ["CATALOG", "BeatCollector", "CollectorFailed", "Exporter", "ExporterCollector",
+           "QueueCollector", "TaskCollector", "WebCollector", "WorkerCollector",
+           "WorkflowCollector", "model_collectors"]
 
 log = logging.getLogger(__name__)
 
 
 def model_collectors(model, source, clock: Callable[[], float] = time.time) -> list:
     """The collectors that read the model and the event source, in exposition order."""
-    return [TaskCollector(model), WorkerCollector(model, clock), ExporterCollector(model, source)]
+    return [TaskCollector(model), WorkerCollector(model, clock), WorkflowCollector(model, clock),
+            BeatCollector(model), ExporterCollector(model, source)]
 
 
 class Exporter:

@@ -84,6 +84,52 @@ CATALOG: dict[str, Metric] = {
                "Workers that stopped heartbeating without a worker-offline event (crash, "
                "SIGKILL, network loss). A clean shutdown does not count. Kept when the "
                "worker's own series are forgotten."),
+        Metric("celery_workflow_started_total", "counter", ("workflow",),
+               "Workflows started: sets of tasks sharing a root_id, counted when a second task "
+               "of the root appears in task-sent/received events. workflow is the root task's "
+               "name."),
+        Metric("celery_workflow_finished_total", "counter", ("workflow", "outcome"),
+               "Workflows finished: none of their tasks in flight for --workflow-settle. outcome "
+               "is failed if any task of it ended in task-failed (or was rejected or revoked), "
+               "else succeeded."),
+        Metric("celery_workflow_duration_seconds", "histogram", ("workflow",),
+               "Seconds from a finished workflow's start (its root's task-sent) to the last "
+               "task-succeeded/failed of any of its tasks, from the events' timestamps."),
+        Metric("celery_workflow_tasks", "histogram", ("workflow",),
+               "Tasks per finished workflow (distinct task ids sharing its root_id)."),
+        Metric("celery_workflows_in_flight", "gauge", ("workflow",),
+               "Workflows started and not finished (including those settling)."),
+        Metric("celery_workflow_oldest_in_flight_age_seconds", "gauge", ("workflow",),
+               "Seconds since the oldest workflow in flight started (exporter's clock minus its "
+               "root's task-sent timestamp)."),
+        Metric("celery_workflow_task_failed_total", "counter", ("workflow", "task", "exception"),
+               "Tasks of workflows that failed for good, by workflow, task and exception class "
+               "(task-failed; Reject for task-rejected, TaskRevokedError for task-revoked)."),
+        Metric("celery_beat_entry_info", "gauge", ("entry", "task", "schedule"),
+               "Always 1: each beat schedule entry (from the app's beat_schedule or RedBeat's "
+               "keys) with its task and schedule."),
+        Metric("celery_beat_entry_last_run_timestamp_seconds", "gauge", ("entry",),
+               "When the entry last ran: the timestamp of the task-sent (else task-received) event "
+               "of a task matching its task name and argument reprs."),
+        Metric("celery_beat_entry_next_run_timestamp_seconds", "gauge", ("entry",),
+               "When the entry is due next, from Celery's schedule classes (timezone as the app "
+               "sets it) or RedBeat's schedule; absent when it will not run again."),
+        Metric("celery_beat_entry_last_missed_timestamp_seconds", "gauge", ("entry",),
+               "The due time of the entry's latest missed run (see "
+               "celery_beat_entry_missed_runs_total); absent until one is missed. Later than "
+               "its last run: the entry has not run since."),
+        Metric("celery_beat_entry_runs_total", "counter", ("entry",),
+               "Runs of the entry seen: task-sent (else task-received) events matching its task "
+               "name and arguments; duplicates included."),
+        Metric("celery_beat_entry_missed_runs_total", "counter", ("entry",),
+               "Due times of the entry passed by more than --beat-grace (exporter's clock) with no "
+               "run sent."),
+        Metric("celery_beat_entry_duplicate_runs_total", "counter", ("entry",),
+               "Runs of the entry sent before their due time while the previous one ran: a second "
+               "beat, or the same task and arguments sent by other code."),
+        Metric("celery_beat_entry_delay_seconds", "histogram", ("entry",),
+               "Seconds a run was sent after its due time (beat's clock; a missed run sent later "
+               "counts from its own due time)."),
         Metric("celery_stalk_build_info", "gauge", ("version",),
                "Always 1; the exporter's version in the label."),
         Metric("celery_stalk_events_total", "counter", ("type",),
@@ -118,6 +164,17 @@ CATALOG: dict[str, Metric] = {
                "the cap was full: task names, queues and exception types idle for --label-ttl; "
                "workers (--max-workers) down longest, else heard from only once, else heard from "
                "least recently."),
+        Metric("celery_stalk_workflows_evicted_total", "counter", ("reason",),
+               "Open workflows dropped, not counted as finished: limit (past --max-workflows or "
+               "--max-tracked-tasks tasks in open workflows), link_lost (the event stream was lost, "
+               "and their events with it)."),
+        Metric("celery_stalk_workflow_orphan_tasks_total", "counter", (),
+               "Tasks with a root_id of another task that belong to no workflow followed: their "
+               "root was never seen (the exporter started mid-workflow), or their workflow had "
+               "already settled or was dropped."),
+        Metric("celery_stalk_beat_schedule_up", "gauge", (),
+               "1 if the last read of the beat schedule (RedBeat's keys) succeeded, else 0 (the "
+               "schedule read before is kept). Absent when the schedule comes from the app."),
         Metric("celery_stalk_broker_up", "gauge", (),
                "1 if this scrape's queue depth read from the broker succeeded, else 0."),
         Metric("celery_stalk_events_connected", "gauge", (),

@@ -111,6 +111,8 @@ class Names:
 
 
 def recording_rules(c: Config) -> list[Recording]:
+    from . import beat, workflows  # their rules read helpers of this module
+
     n = Names(c)
     limits = _sel(c, "celery_task_exceptions_total", f'exception=~"{TIME_LIMIT_EXCEPTIONS}"')
     wait_buckets = _sel(c, "celery_task_queue_wait_seconds_bucket")
@@ -123,6 +125,8 @@ def recording_rules(c: Config) -> list[Recording]:
 histogram_quantile(0.95,
   sum without (task) (rate({wait_buckets}[{c.queue_wait_window}]))
 )"""),
+        *beat.recording_rules(c),
+        *workflows.recording_rules(c),
     ]
     windows = dict.fromkeys((c.failure_fast_window, c.failure_slow_short_window,
                              c.failure_slow_window))
@@ -168,6 +172,8 @@ or
 
 
 def alerts(c: Config) -> list[Alert]:
+    from . import beat, workflows  # their alerts read helpers of this module
+
     n = Names(c)
     fast, slow, short = c.failure_fast_window, c.failure_slow_window, c.failure_slow_short_window
     return [
@@ -645,6 +651,8 @@ unless
                 "`SoftTimeLimitExceeded` in the task to clean up before the hard limit."
             ),
         ),
+        *beat.alerts(c),
+        *workflows.alerts(c),
     ]
 
 
@@ -776,7 +784,7 @@ or
 )""")
 
 
-GROUPS = ("exporter", "workers", "queues", "tasks")
+GROUPS = ("exporter", "workers", "queues", "tasks", "beat", "workflows")
 
 
 def rule_groups(c: Config) -> dict:

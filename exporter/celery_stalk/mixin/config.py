@@ -109,6 +109,24 @@ class Config:
     time_limit_lookback: str = "1m"
     time_limit_window: str = "5m"
 
+    # A duplicate periodic run keeps its alert firing this long.
+    beat_duplicate_window: str = "15m"
+    # Beat is down when a run was missed and no entry has run since, for for: (long enough
+    # for a frequent entry to prove beat alive when only a slow one missed).
+    beat_down_for: str = "5m"
+
+    # Workflows finished failed over all finished, over the window, for for:.
+    workflow_failure_window: str = "30m"
+    workflow_failure_for: str = "10m"
+    workflow_failure_ratio: float = 0.1
+    workflow_failure_min_workflows: int = 5
+    # Stuck: the oldest in flight is older than factor times the p99 duration over the
+    # history window, and older than the floor (longer than --workflow-settle), for for:.
+    workflow_history_window: str = "1d"
+    workflow_stuck_factor: float = 3.0
+    workflow_stuck_floor: str = "15m"
+    workflow_stuck_for: str = "5m"
+
     dashboard_refresh: str = "30s"
 
     # The job label of the compatibility series (alerts/compat/): the job the old tool was
@@ -125,7 +143,7 @@ class Config:
         found = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name.endswith(("_for", "_window", "_settle", "_lookback", "_refresh")):
+            if f.name.endswith(("_for", "_window", "_settle", "_lookback", "_refresh", "_floor")):
                 try:
                     if seconds(value) <= 0:
                         found.append(f"{f.name}: {value!r} must be longer than 0s")
@@ -134,7 +152,7 @@ class Config:
                                  "unit, like 30s or 10m")
             elif f.name.endswith("_ratio") and not 0 < value <= 1:
                 found.append(f"{f.name}: {value!r} must be a fraction above 0 and at most 1")
-            elif f.name.endswith(("_min_tasks", "_min_messages")) and value < 1:
+            elif f.name.endswith(("_min_tasks", "_min_messages", "_min_workflows")) and value < 1:
                 found.append(f"{f.name}: {value!r} must be 1 or more")
         if not self.selector.strip() or "{" in self.selector or "}" in self.selector:
             found.append(f"selector: {self.selector!r}: give label matchers without braces, "
@@ -151,6 +169,9 @@ class Config:
             if seconds(getattr(self, short)) > seconds(getattr(self, long)):
                 found.append(f"{short}: {getattr(self, short)} must not be longer than "
                              f"{long} ({getattr(self, long)})")
+        if self.workflow_stuck_factor < 1:
+            found.append(f"workflow_stuck_factor: {self.workflow_stuck_factor!r} must be 1 or "
+                         "more: a workflow is stuck when older than its usual p99")
         if self.failure_slow_ratio >= self.failure_fast_ratio:
             found.append("failure_slow_ratio must be below failure_fast_ratio: the slow alert "
                          "is for failure ratios under the fast one's")
@@ -183,6 +204,13 @@ TEST = replace(
     failure_slow_for="30s",
     time_limit_lookback="3s",
     time_limit_window="10s",
+    beat_duplicate_window="30s",
+    beat_down_for="10s",
+    workflow_failure_window="20s",
+    workflow_failure_for="5s",
+    workflow_history_window="5m",
+    workflow_stuck_floor="10s",
+    workflow_stuck_for="5s",
 )
 
 

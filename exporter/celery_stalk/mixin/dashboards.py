@@ -1,4 +1,5 @@
-"""Grafana dashboards for celery-stalk: an overview and drill-downs per task, queue and worker.
+"""Grafana dashboards for celery-stalk: an overview, drill-downs per task, queue and worker,
+and periodic tasks with workflows.
 
 Panels query the exporter's own metrics only (no recording rules), so the dashboards work
 whether or not the rules are loaded, at any time range. Every query selects through the
@@ -365,6 +366,102 @@ def worker() -> tuple[str, list[dict]]:
     ]
 
 
+def beat_and_workflows() -> tuple[str, list[dict]]:
+    job = ("job",)
+
+    def per_entry(metric: str) -> str:
+        return f"sum by (entry) ({increase(metric)})"
+
+    last_run = f"max by (entry) ({sel('celery_beat_entry_last_run_timestamp_seconds')})"
+    last_missed = f"max by (entry) ({sel('celery_beat_entry_last_missed_timestamp_seconds')})"
+    not_run_since = f"({last_missed} > {last_run}) or ({last_missed} unless {last_run})"
+    finished = f"sum by (workflow) ({rate('celery_workflow_finished_total', job)})"
+    failed_only = 'celery_workflow_finished_total{job=~"$job", outcome="failed"}'
+    failed = f"sum by (workflow) ({once(f'rate({failed_only}[{RATE}])')})"
+    return "Celery / Beat and workflows", [
+        row("Periodic tasks (beat)"),
+        stat("Entries", "Beat schedule entries the exporter follows (the app's beat_schedule or "
+             "RedBeat's keys).", f"count({gauge('celery_beat_entry_info')})"),
+        stat("Not run since a miss", "Entries whose latest due time passed without a run and "
+             "that have not run since.", or_zero(f"count({not_run_since})")),
+        stat("Missed in the time range", "Due times passed by --beat-grace with nothing sent.",
+             or_zero(f"sum({increase('celery_beat_entry_missed_runs_total')})")),
+        stat("Duplicates in the time range", "Runs sent again before they were due: more than "
+             "one beat, or the same task sent by other code.",
+             or_zero(f"sum({increase('celery_beat_entry_duplicate_runs_total')})")),
+        stat("Schedule read", "Whether the last read of RedBeat's schedule succeeded (no value: "
+             "the schedule comes from the app).", f"min({sel('celery_stalk_beat_schedule_up')})",
+             mappings=YES_NO),
+        stat("Runs in the time range", "Runs of every entry seen (task-sent, else task-received).",
+             or_zero(f"sum({increase('celery_beat_entry_runs_total')})")),
+        table("Schedule", "Each entry: its task and schedule, seconds since its last run and "
+              "until its next one, and in the time range its runs, missed and duplicate runs "
+              "and how late its runs were sent (p95, seconds).", {
+                  "schedule": f"max by (entry, task, schedule) ({gauge('celery_beat_entry_info')})",
+                  "last run (s ago)": f"time() - {last_run}",
+                  "next run (s)": f"max by (entry) "
+                                  f"({sel('celery_beat_entry_next_run_timestamp_seconds')}) - time()",
+                  "runs": per_entry("celery_beat_entry_runs_total"),
+                  "missed": per_entry("celery_beat_entry_missed_runs_total"),
+                  "duplicates": per_entry("celery_beat_entry_duplicate_runs_total"),
+                  "late p95 (s)": f"histogram_quantile(0.95, sum by (entry, le) "
+                                  f"({increase('celery_beat_entry_delay_seconds_bucket')}))",
+              }),
+        timeseries("Runs by entry", "Runs sent per second.",
+                   [target(f"sum by (entry) ({rate('celery_beat_entry_runs_total', job)})",
+                           "{{entry}}")], "ops", w=8),
+        timeseries("Missed and duplicate runs by entry", "Per second.", [
+            target(f"sum by (entry) ({rate('celery_beat_entry_missed_runs_total', job)})",
+                   "{{entry}} missed"),
+            target(f"sum by (entry) ({rate('celery_beat_entry_duplicate_runs_total', job)})",
+                   "{{entry}} duplicate"),
+        ], "ops", w=8),
+        timeseries("How late runs were sent", "Seconds after the due time, p95 by entry.",
+                   [target(f"histogram_quantile(0.95, sum by (entry, le) "
+                           f"({rate('celery_beat_entry_delay_seconds_bucket', job)}))",
+                           "{{entry}}")], "s", w=8),
+        row("Workflows"),
+        timeseries("Started and finished", "Workflows (tasks sharing a root_id) started and "
+                   "finished per second, by root task and outcome.", [
+                       target(f"sum by (workflow) ({rate('celery_workflow_started_total', job)})",
+                              "{{workflow}} started"),
+                       target(f"sum by (workflow, outcome) "
+                              f"({rate('celery_workflow_finished_total', job)})",
+                              "{{workflow}} {{outcome}}"),
+                   ], "ops"),
+        timeseries("Failure ratio by workflow", "Workflows finished failed (a task failed for "
+                   "good) over workflows finished.",
+                   [target(f"({failed} or {finished} * 0) / {finished}", "{{workflow}}")],
+                   "percentunit"),
+        timeseries("Duration by workflow", "From the root's task-sent to the last task's end.",
+                   quantiles("celery_workflow_duration_seconds", "workflow", job), "s"),
+        timeseries("Tasks per workflow", "Tasks of finished workflows, p50 and p95.",
+                   quantiles("celery_workflow_tasks", "workflow", job)[:2]),
+        timeseries("In flight by workflow", "Workflows started and not finished.",
+                   [target(f"sum by (workflow) ({gauge('celery_workflows_in_flight')})",
+                           "{{workflow}}")]),
+        timeseries("Oldest in flight by workflow", "Seconds since the oldest workflow in "
+                   "flight started.",
+                   [target(f"max by (workflow) "
+                           f"({gauge('celery_workflow_oldest_in_flight_age_seconds')})",
+                           "{{workflow}}")], "s"),
+        panel("bargauge", "Where workflows break", "Tasks of workflows that failed for good in "
+              "the time range, top 10 by workflow, task and exception.",
+              [target(f"topk(10, sum by (workflow, task, exception) ("
+                      f"{increase('celery_workflow_task_failed_total')}))",
+                      "{{workflow}}: {{task}} {{exception}}", instant=True)]),
+        timeseries("Not followed", "Tasks of workflows the exporter could not follow (their "
+                   "root unseen, or their workflow already settled) and open workflows dropped "
+                   "to stay bounded or when the event stream was lost.", [
+                       target(f"sum({rate('celery_stalk_workflow_orphan_tasks_total', job)})",
+                              "orphan tasks"),
+                       target(f"sum by (reason) "
+                              f"({rate('celery_stalk_workflows_evicted_total', job)})",
+                              "dropped: {{reason}}"),
+                   ], "ops"),
+    ]
+
+
 # -- assembly -----------------------------------------------------------------------------
 
 
@@ -435,7 +532,8 @@ def dashboards(c: Config) -> dict[str, dict]:
     _REPLICAS[:] = c.replica_labels
     built = {}
     for name, make in (("celery-overview", overview), ("celery-task", task),
-                       ("celery-queue", queue), ("celery-worker", worker)):
+                       ("celery-queue", queue), ("celery-worker", worker),
+                       ("celery-beat-workflows", beat_and_workflows)):
         title, panels = make()
         built[name] = dashboard(f"celery-stalk-{name.removeprefix('celery-')}", title, panels, c)
     return built

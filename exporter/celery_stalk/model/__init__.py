@@ -6,7 +6,8 @@ epoch), so tests replay event lists with an injected clock.
 
 Parts: the task ledger (counters, histograms, label caps: ledger.py), the
 tasks in flight (tracker.py) joined by the task event handlers (tasks.py),
-and the worker registry (workers.py). Model routes each event through one
+the worker registry (workers.py), workflows (workflows.py: tasks sharing a
+root_id) and the beat schedule's runs (beat.py). Model routes each event through one
 dispatch table, doing the checks every handler shares once, and holds the one
 lock: the events thread is the only writer; scrapes take snapshots.
 """
@@ -17,6 +18,7 @@ import dataclasses
 import threading
 from dataclasses import dataclass
 
+from .beat import BeatEntry, BeatSnapshot, BeatTracker
 from .fields import (
     BAD_VALUE,
     MAX_DURATION,
@@ -33,9 +35,11 @@ from .settings import ModelSettings
 from .tasks import TaskEvents
 from .tracker import TaskTracker
 from .workers import WORKER_EVENTS, WorkerRegistry, WorkerSnapshot, WorkerView
+from .workflows import WorkflowSnapshot, WorkflowTracker
 
 __all__ = [
     "BAD_VALUE", "MAX_DURATION", "MAX_LABEL_LENGTH", "MISSING_FIELD", "MISSING_TYPE",
+    "BeatEntry", "BeatSnapshot", "WorkflowSnapshot",
     "NOT_AN_OBJECT", "OTHER", "TASK_EVENTS", "UNKNOWN", "WORKER_EVENTS", "HistogramView",
     "LabelCap", "Model", "ModelSettings", "Snapshot", "TaskRoutes", "WorkerView",
     "exception_class", "label_value",
@@ -58,7 +62,7 @@ class HealthSnapshot:
 
 
 @dataclass
-class Snapshot(TaskSnapshot, WorkerSnapshot, HealthSnapshot):
+class Snapshot(TaskSnapshot, WorkerSnapshot, HealthSnapshot, WorkflowSnapshot, BeatSnapshot):
     """The whole model at one instant (tests; collectors take the parts they need)."""
 
     now: float = 0.0
@@ -76,7 +80,11 @@ class Model:
         task_routes = TaskRoutes(routes)
         self.ledger = TaskLedger(s, pinned_queues=tuple(static_queues) + task_routes.queues)
         self.tracker = TaskTracker(s.max_tracked_tasks)
-        self.tasks = TaskEvents(self.ledger, self.tracker, task_routes, s)
+        self.workflows = WorkflowTracker(s, self.tracker)
+        self.ledger.on_forget_task.append(self.workflows.forget_name)
+        self.beat = BeatTracker(s)
+        self.tasks = TaskEvents(self.ledger, self.tracker, task_routes, s, self.workflows,
+                                self.beat)
         self.workers = WorkerRegistry(s)
         self._lock = threading.Lock()
         self._events: dict[str, int] = {}
@@ -139,22 +147,41 @@ class Model:
         """The event stream is connected: liveness verdicts resume."""
         with self._lock:
             self.workers.link_up(now)
+            self.beat.link_up(now)
 
     def link_down(self) -> None:
-        """The event stream is lost: keep every worker's last verdict until it is back."""
+        """The event stream is lost: keep every worker's last verdict until it is back,
+        drop the open workflows, whose events are lost with it, and count no beat run
+        missed, since none could be seen."""
         with self._lock:
             self.workers.link_down()
+            self.workflows.link_down()
+            self.beat.link_down()
 
     def expected_event_interval(self) -> float | None:
         with self._lock:
             return self.workers.expected_event_interval()
 
     def tick(self, now: float) -> None:
-        """Declare silent workers lost, forget workers gone for worker_ttl, and count
-        the held events of tasks whose task-sent did not come in time."""
+        """Declare silent workers lost, forget workers gone for worker_ttl, count the
+        held events of tasks whose task-sent did not come in time, close settled
+        workflows and count the periodic runs that are past due."""
         with self._lock:
             self.workers.tick(now)
             self.tasks.release_expired(now)
+            self.workflows.tick(now)
+            self.beat.tick(now)
+
+    def set_beat_schedule(self, entries: list[BeatEntry], now: float) -> list[str]:
+        """The beat schedule, read from the app or RedBeat; returns entry names refused."""
+        with self._lock:
+            return self.beat.set_schedule(entries, now)
+
+    def beat_schedule_read(self, ok: bool) -> None:
+        """Whether a schedule source that can fail (RedBeat) was read this time; when it
+        was not, the schedule read before is kept."""
+        with self._lock:
+            self.beat.schedule_read(ok)
 
     def learn_queues(self, names: list[str], now: float) -> None:
         """Queues found on the broker (Redis bindings), so they are always read."""
@@ -171,6 +198,14 @@ class Model:
     def worker_snapshot(self, now: float) -> WorkerSnapshot:
         with self._lock:
             return self.workers.snapshot(now)
+
+    def workflow_snapshot(self, now: float) -> WorkflowSnapshot:
+        with self._lock:
+            return self.workflows.snapshot(now)
+
+    def beat_snapshot(self) -> BeatSnapshot:
+        with self._lock:
+            return self.beat.snapshot()
 
     def health_snapshot(self) -> HealthSnapshot:
         with self._lock:
@@ -195,7 +230,8 @@ class Model:
 
     def snapshot(self, now: float) -> Snapshot:
         with self._lock:
-            parts = (self.ledger.snapshot(), self.workers.snapshot(now), self._health())
+            parts = (self.ledger.snapshot(), self.workers.snapshot(now), self._health(),
+                     self.workflows.snapshot(now), self.beat.snapshot())
         values = {f.name: getattr(part, f.name) for part in parts for f in dataclasses.fields(part)}
         return Snapshot(now=now, **values)
 

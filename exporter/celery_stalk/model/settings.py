@@ -19,6 +19,11 @@ class ModelSettings:
     max_exceptions: int = default("max_exceptions")
     label_ttl: float = default("label_ttl")
     max_workers: int = default("max_workers")
+    workflow_settle: float = default("workflow_settle")
+    max_workflows: int = default("max_workflows")
+    workflow_buckets: tuple[float, ...] = default("workflow_buckets")
+    beat_grace: float = default("beat_grace")
+    max_beat_entries: int = default("max_beat_entries")
     # Celery itself declares a worker offline after 2.5 heartbeat intervals;
     # a worker whose own heartbeat interval is long gets at least that much.
     heartbeat_grace_factor: float = 2.5

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from .beat import BeatTracker
 from .fields import (
     BAD_VALUE,
     MAX_DURATION,
@@ -29,6 +30,7 @@ from .ledger import Labels, TaskLedger
 from .routes import TaskRoutes
 from .settings import ModelSettings
 from .tracker import RecentIds, TaskTracker, TrackedTask
+from .workflows import REJECTED, REVOKED, WorkflowTracker
 
 # Celery's Reject, raised by a task to refuse its message. Celery 5.3+ reports it
 # as a task-failed too, before the task-rejected that tells what happened.
@@ -38,11 +40,14 @@ STARTS = frozenset({"task-received", "task-started"})
 # A real task has a handful of events in a hold; a flood of events for one id is
 # counted at once rather than kept.
 MAX_HELD_EVENTS = 32
+# How a run that ended otherwise than succeeded or failed ends its workflow.
+WORKFLOW_FAILURES = {"task-rejected": REJECTED, "task-revoked": REVOKED}
 
 
 class TaskEvents:
     def __init__(self, ledger: TaskLedger, tracker: TaskTracker, routes: TaskRoutes,
-                 settings: ModelSettings | None = None):
+                 settings: ModelSettings | None = None, workflows: WorkflowTracker | None = None,
+                 beat: BeatTracker | None = None):
         settings = settings or ModelSettings()
         self.ledger = ledger
         # The counters of the events every task has, counted inline (the hot path).
@@ -52,6 +57,13 @@ class TaskEvents:
         self._succeeded = ledger.counters["task-succeeded"]
         self.tracker = tracker
         self.routes = routes
+        # Workflows (tasks sharing a root_id) and beat runs are followed from
+        # task-sent/received and the end of each run; cheap checks here keep
+        # tasks that are neither (most of them) off their paths.
+        self.workflows = workflows or WorkflowTracker(settings, tracker)
+        self.awaiting = self.workflows.awaiting  # roots whose children came first (never replaced)
+        self.beat = beat or BeatTracker(settings)
+        self.periodic = self.beat.by_task  # task names in the beat schedule (updated in place)
         # The queue a task name was last sent to: the fallback for tasks whose
         # own task-sent event was not seen.
         self.queue_of_name: dict[str, str] = {}
@@ -104,11 +116,11 @@ class TaskEvents:
             self.holds.append((now + self.hold_for, task_id, task))
         held.append((kind, detail))
         if len(held) >= MAX_HELD_EVENTS:
-            self._release(task_id, task)
+            self._release(task_id, task, now)
             task.settled = True  # never held again
         return True
 
-    def _release(self, task_id: str, task: TrackedTask) -> Labels:
+    def _release(self, task_id: str, task: TrackedTask, now: float) -> Labels:
         """Count a task's held events under the labels it has now."""
         held, task.held = task.held, None
         labels = self.labels(held[0][0], task)
@@ -117,6 +129,8 @@ class TaskEvents:
         if _ends(held):  # it ended while held
             self.tracker.pop(task_id)
             self.ended.add(task_id)
+            kind, detail = next(item for item in reversed(held) if item[0] in ENDS)
+            self._left_workflow(task_id, task, kind, detail, {}, now)
         return labels
 
     def release_expired(self, now: float) -> None:
@@ -126,7 +140,7 @@ class TaskEvents:
             _, task_id, task = holds.popleft()
             if task.held is None:  # released when its task-sent came
                 continue
-            if self._release(task_id, task)[1] == UNKNOWN and task.name is not None:
+            if self._release(task_id, task, now)[1] == UNKNOWN and task.name is not None:
                 self.unsent_names.add(task.name)
 
     def _count(self, kind: str, labels: Labels, detail) -> None:
@@ -189,6 +203,9 @@ class TaskEvents:
             task = TrackedTask()
             task.name, task.queue = name, queue
             ledger.count("task-sent", self.labels("task-sent", task))
+            root = event.get("root_id")
+            if root != task_id:  # its workflow counts it, as ended
+                self.workflows.seen(task_id, root, task, event, now)
             return None
         task = self.tracker.get_or_add(task_id)
         task.name, task.queue, task.settled = name, queue, True
@@ -200,11 +217,18 @@ class TaskEvents:
         counter = self._sent
         counter[labels] = counter.get(labels, 0) + 1
         if task.held is not None:  # the worker's first events beat this one
-            self._release(task_id, task)
+            self._release(task_id, task, now)
         if task.earlier_starts:  # even the next run was delivered before this one
             self._observe_earlier_start(task, run, labels)
         if task.started is not None:  # task-started overtook task-sent
             self._observe_start(task, labels)
+        if task.first is None:
+            task.first = number(event.get("timestamp"))
+        root = event.get("root_id")
+        if root != task_id or self.awaiting:
+            self.workflows.seen(task_id, root, task, event, now)
+        if self.periodic and event["name"] in self.periodic:
+            self.beat.run(task_id, event, now)
         return None
 
     def on_received(self, task_id: str, event: dict, now: float) -> str | None:
@@ -226,6 +250,13 @@ class TaskEvents:
             labels = self.labels("task-received", task)
             counter = self._received
             counter[labels] = counter.get(labels, 0) + 1
+        if task.first is None:  # no task-sent (yet): first seen received
+            task.first = number(event.get("timestamp"))
+        root = event.get("root_id")
+        if root != task_id or self.awaiting:
+            self.workflows.seen(task_id, root, task, event, now)
+        if self.periodic and name in self.periodic:
+            self.beat.run(task_id, event, now)
         return None
 
     def on_started(self, task_id: str, event: dict, now: float) -> str | None:
@@ -240,7 +271,7 @@ class TaskEvents:
                 self._observe_start(task, labels)
         return None
 
-    def _end(self, task_id: str, kind: str, detail, now: float) -> None:
+    def _end(self, task_id: str, kind: str, detail, now: float, event: dict) -> None:
         """Count the end of a task's run, unless that run already ended."""
         if task_id in self.ended:
             return  # a second end of the same run: applied, not counted again
@@ -249,8 +280,11 @@ class TaskEvents:
             self.tracker.put_back(task_id, task)  # until its held events are released
             if not _ends(task.held):
                 task.held.append((kind, detail))
+                self.workflows.end_seen(task_id, event)  # its end's time, until it is released
             return
         self.ended.add(task_id)
+        if task is None or task_id in self.workflows.member_of:  # else: in no workflow
+            self._left_workflow(task_id, task, kind, detail, event, now)
         labels = self.labels(kind, task)
         if kind == "task-succeeded":  # the hot path, inline
             counter = self._succeeded
@@ -260,8 +294,14 @@ class TaskEvents:
         else:
             self._count(kind, labels, detail)
 
+    def _left_workflow(self, task_id: str, task: TrackedTask | None, kind: str, detail,
+                       event: dict, now: float) -> None:
+        """A run ended for good: its workflow learns how (a failure's exception label)."""
+        failure = detail if kind == "task-failed" else WORKFLOW_FAILURES.get(kind)
+        self.workflows.done(task_id, task, event, failure, now)
+
     def on_succeeded(self, task_id: str, event: dict, now: float) -> str | None:
-        self._end(task_id, "task-succeeded", number(event.get("runtime")), now)
+        self._end(task_id, "task-succeeded", number(event.get("runtime")), now, event)
         return None
 
     def on_failed(self, task_id: str, event: dict, now: float) -> str | None:
@@ -270,7 +310,7 @@ class TaskEvents:
             return None
         if task_id not in self.ended:
             exception = self.ledger.exception_names.admit(exception, now)
-        self._end(task_id, "task-failed", exception, now)
+        self._end(task_id, "task-failed", exception, now, event)
         return None
 
     def on_retried(self, task_id: str, event: dict, now: float) -> str | None:
@@ -283,7 +323,7 @@ class TaskEvents:
 
     def on_rejected(self, task_id: str, event: dict, now: float) -> str | None:
         if not event.get("requeue"):
-            self._end(task_id, "task-rejected", None, now)
+            self._end(task_id, "task-rejected", None, now, event)
             return None
         # Requeued: not an end. The redelivery's wait runs from now.
         task = self.tracker.get(task_id)
@@ -297,7 +337,7 @@ class TaskEvents:
         return None
 
     def on_revoked(self, task_id: str, event: dict, now: float) -> str | None:
-        self._end(task_id, "task-revoked", None, now)
+        self._end(task_id, "task-revoked", None, now, event)
         return None
 
     def _forget_task(self, name: str) -> None:

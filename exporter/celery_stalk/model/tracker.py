@@ -13,7 +13,7 @@ class TrackedTask:
     """
 
     __slots__ = ("name", "queue", "settled", "run", "started", "earlier_starts", "ready_run",
-                 "ready", "more_ready", "held")
+                 "ready", "more_ready", "held", "first")
 
     def __init__(self) -> None:
         self.name: str | None = None
@@ -33,6 +33,9 @@ class TrackedTask:
         self.ready: float | None = None
         self.more_ready: dict[int | None, float] | None = None
         self.held: list | None = None  # (event type, detail) held until the queue is known
+        # Its task-sent's timestamp, else its first task-received's: when a workflow it is
+        # the root of started.
+        self.first: float | None = None
 
     def add_ready(self, run: int | None, at: float) -> None:
         if self.ready is None or self.ready_run == run:
