@@ -32,6 +32,8 @@ from redis.retry import Retry
 REDIS_SERVER = "/usr/bin/redis-server"
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 EPMD = "epmd"
+# databases per test Redis: one per test that asks (RedisServer.fresh_url)
+DATABASES = 1024
 
 
 def free_ports(count: int) -> list[int]:
@@ -291,10 +293,23 @@ class RedisServer(_Server):
         self.tls = tls
         self.password = password
         self._port = free_port()
+        self._databases_handed_out = 0
 
     @property
     def port(self) -> int:
         return self._port
+
+    def fresh_url(self) -> str:
+        """The URL of a database no other test of this session has used.
+
+        Redis scopes queues, bindings and event fanout (``/N.celeryev``) to the database, so
+        one database per test keeps a test's leftovers (unconsumed tasks, event bindings)
+        from reaching another's workers. Handed out, never reused: fixed numbers collided.
+        """
+        self._databases_handed_out += 1
+        if self._databases_handed_out >= DATABASES:
+            raise RuntimeError(f"more than {DATABASES - 1} Redis databases asked for in one session")
+        return self.url.rsplit("/", 1)[0] + f"/{self._databases_handed_out}"
 
     @property
     def url(self) -> str:
@@ -338,6 +353,7 @@ class RedisServer(_Server):
             "--daemonize", "no",
             "--save", "",
             "--appendonly", "no",
+            "--databases", str(DATABASES),
         ]
         if self.tls:
             cert = str(self.directory / "cert.pem")

@@ -53,7 +53,7 @@ def send_traffic(broker: str) -> None:
 def stack(redis_server):
     started = []
     try:
-        broker = redis_server.url.rsplit("/", 1)[0] + "/14"
+        broker = redis_server.fresh_url()
         exporter = ExporterProcess(broker, "--queue", "work")
         started.append(exporter)
         exporter.start()

@@ -33,6 +33,9 @@ QUEUE = "e2e"
 PINNED = "e2e-pinned"  # consumed by one worker only
 # Only RabbitMQ counts consumers: no panel of it can have data on Redis.
 RABBITMQ_ONLY = {"celery_queue_consumers"}
+# Beat runs and workflows are followed in task events, which this mode leaves to the workers
+# (README: "not with --task-metrics-source workers"): that dashboard has no data here.
+EVENTS_ONLY = {"celery-beat-workflows"}
 # a raised Reject is a rejection, not a failure
 PER_WAVE = {"succeeded": 7, "failed": 3, "retried": 1, "rejected": 1, "revoked": 1}
 
@@ -62,7 +65,7 @@ def stack(redis_server):
         return process.start()
 
     try:
-        broker = redis_server.url.rsplit("/", 1)[0] + "/10"
+        broker = redis_server.fresh_url()
         exporter = start(ExporterProcess(broker, "--task-metrics-source", "workers",
                                          "--queue", QUEUE, "--worker-timeout", "5"))
         workers = [
@@ -115,6 +118,8 @@ def test_dashboards_and_rules_return_data_from_two_instrumented_workers(stack):
     span = math.ceil(end - stack.started) + 1
     empty, checked = [], 0
     for path in DASHBOARDS:
+        if path.stem in EVENTS_ONLY:
+            continue
         dashboard = json.loads(path.read_text())
         for panel in dashboard["panels"]:
             for target in panel.get("targets", []):

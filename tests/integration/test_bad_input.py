@@ -19,7 +19,6 @@ from tests.harness import ExporterProcess, eventually
 
 pytestmark = pytest.mark.integration
 
-DB = 9
 EXCHANGE = Exchange("celeryev", type="fanout")
 serial = itertools.count()
 
@@ -72,7 +71,8 @@ def raw_messages():
 
 @pytest.fixture(scope="module")
 def stack(redis_server):
-    url = redis_server.url.rsplit("/", 1)[0] + f"/{DB}"
+    url = redis_server.fresh_url()
+    db = url.rsplit("/", 1)[1]
     # The sentinels below are workers that never heartbeat again: keep the stall
     # watchdog (tested elsewhere) from reconnecting while examples run.
     exporter = ExporterProcess(url, "--worker-timeout", "600", "--events-stall-timeout", "300")
@@ -84,7 +84,7 @@ def stack(redis_server):
 
     def publish(how, payload, content_type):
         if how == "raw":
-            client.publish(f"/{DB}.celeryev/task.multi", payload)
+            client.publish(f"/{db}.celeryev/task.multi", payload)
         else:
             producer.publish(payload, exchange=EXCHANGE, routing_key="task.multi",
                              content_type=content_type, content_encoding="binary",

@@ -18,9 +18,6 @@ HOST = socket.gethostname()
 GRACE = 1.5
 
 
-def db_url(redis_server, db: int) -> str:
-    return redis_server.url.rsplit("/", 1)[0] + f"/{db}"
-
 
 def stalk_from_app(broker_url: str, *args: str, **env: str) -> ExporterProcess:
     """`celery -A tests.beat_app stalk`: the schedule from the app's beat_schedule."""
@@ -40,7 +37,7 @@ def sent(m, task: str) -> float:
 
 def test_interval_and_crontab_entries_run_on_time_and_a_stopped_beat_misses_runs(
         redis_server, fleet):
-    url = db_url(redis_server, 12)
+    url = redis_server.fresh_url()
     beat = fleet(BeatProcess(url))  # running before the exporter starts, as in production
     worker = fleet(WorkerProcess(url, f"beat-worker@{HOST}", app="tests.beat_app"))
     exporter = fleet(stalk_from_app(url, "--beat-grace", str(GRACE)))
@@ -85,7 +82,7 @@ def test_interval_and_crontab_entries_run_on_time_and_a_stopped_beat_misses_runs
 
 
 def test_two_beats_count_duplicate_runs(redis_server, fleet):
-    url = db_url(redis_server, 13)
+    url = redis_server.fresh_url()
     fleet(BeatProcess(url))
     fleet(BeatProcess(url))
     exporter = fleet(stalk_from_app(url, "--beat-grace", str(GRACE)))
@@ -97,7 +94,7 @@ def test_two_beats_count_duplicate_runs(redis_server, fleet):
 
 
 def test_redbeat_schedule_is_read_from_its_redis_keys_without_the_app(redis_server, fleet):
-    url = db_url(redis_server, 14)
+    url = redis_server.fresh_url()
     exporter = fleet(ExporterProcess(url, "--redbeat-key-prefix", "redbeat:",
                                      "--beat-refresh-interval", "0.5", "--beat-grace", str(GRACE)))
     beat = fleet(BeatProcess(url, STALK_TEST_SCHEDULER="redbeat"))
@@ -126,7 +123,7 @@ def test_redbeat_schedule_is_read_from_its_redis_keys_without_the_app(redis_serv
 
 def test_an_app_whose_beat_runs_redbeat_is_read_from_redbeats_keys(redis_server, fleet):
     """`celery -A proj stalk` for an app with beat_scheduler RedBeat: its keys, not beat_schedule."""
-    url = db_url(redis_server, 15)
+    url = redis_server.fresh_url()
     save_redbeat_entry(url, "only-in-redis", "beat.ping", 30.0, args=["x"])
     exporter = fleet(stalk_from_app(url, "--beat-refresh-interval", "0.5",
                                     STALK_TEST_SCHEDULER="redbeat"))

@@ -35,7 +35,7 @@ def celery_stalk(broker_url: str, *args: str, transport_options: dict | None = N
 
 def test_no_flags_needed_broker_transport_options_queues_and_routes_come_from_the_app(
         redis_server, fleet):
-    url = redis_server.url.rsplit("/", 1)[0] + "/7"
+    url = redis_server.fresh_url()
     # priority_steps that differ from kombu's default: only followed if taken from the app
     options = {"priority_steps": [0, 5]}
     exporter = fleet(celery_stalk(url, transport_options=options))

@@ -104,8 +104,7 @@ def test_every_failure_path_is_counted_exactly(version, pool, broker, fleet, req
     if version == OLDEST and pool == "threads":
         pytest.skip("Celery 5.2's threads pool loses task events of its pool threads now and "
                     "then (its event buffer is not thread-safe): no exact count is possible")
-    db = 1 + COMBINATIONS.index((version, pool))
-    url = broker.url.rsplit("/", 1)[0] + f"/{db}"
+    url = broker.fresh_url()
     exporter = fleet(ExporterProcess(url))
     worker = fleet(WorkerProcess(url, f"{pool}-{version}@{HOST}", pool=pool, concurrency=8,
                                  python=python))

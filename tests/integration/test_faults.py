@@ -177,7 +177,7 @@ def test_silently_dead_connection_is_noticed_and_replaced(broker, request, fleet
     arrives any more. The watchdog notices (workers are up, yet no event) before
     any worker would be declared lost, reconnects, and counting resumes."""
     server = request.getfixturevalue(f"{broker}_server")
-    url = server.url if broker == "rabbitmq" else server.url.rsplit("/", 1)[0] + "/11"
+    url = server.url if broker == "rabbitmq" else server.fresh_url()
     with TcpProxy(server.port) as proxy:
         exporter = fleet(ExporterProcess(proxy.url(url), "--events-stall-timeout", "6",
                                          "--worker-timeout", "30"))
@@ -220,7 +220,7 @@ def test_rabbitmq_event_queue_deleted_under_the_consumer_is_declared_again(rabbi
 
 
 def test_sigterm_finishes_the_scrape_in_flight_and_exits_0_within_5s(redis_server):
-    url = redis_server.url.rsplit("/", 1)[0] + "/12"
+    url = redis_server.fresh_url()
     with TcpProxy(redis_server.port) as proxy:
         exporter = ExporterProcess(proxy.url(url), "--queue", "work", "--queue-read-timeout", "5")
         exporter.start()

@@ -23,7 +23,7 @@ EXCHANGE = Exchange("celeryev", type="fanout")
 
 
 def test_a_real_worker_stays_visible_through_a_hostname_flood(redis_server, fleet):
-    url = redis_server.url.rsplit("/", 1)[0] + "/11"
+    url = redis_server.fresh_url()
     exporter = fleet(ExporterProcess(url, "--max-workers", "100"))
     worker = fleet(WorkerProcess(url, f"real@{HOST}", concurrency=1))
     wait_worker_up(exporter, worker.nodename, 60)

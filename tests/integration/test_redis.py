@@ -18,13 +18,9 @@ pytestmark = pytest.mark.integration
 HOST = socket.gethostname()
 
 
-def db_url(redis_server, db: int) -> str:
-    # Each test gets its own database: Redis scopes event fanout and queues to it.
-    return redis_server.url.rsplit("/", 1)[0] + f"/{db}"
-
 
 def test_task_counts_exceptions_runtime_and_wait_are_exact(redis_server, fleet):
-    url = db_url(redis_server, 1)
+    url = redis_server.fresh_url()
     exporter = fleet(ExporterProcess(url))
     worker = fleet(WorkerProcess(url, f"w1@{HOST}", concurrency=2))
     wait_worker_up(exporter, worker.nodename)
@@ -89,7 +85,7 @@ def test_task_counts_exceptions_runtime_and_wait_are_exact(redis_server, fleet):
 
 
 def test_queue_depth_counts_priority_sub_lists_in_one_read(redis_server, fleet):
-    url = db_url(redis_server, 2)
+    url = redis_server.fresh_url()
     producer = make_app(url)
     for i in range(8):
         producer.send_task("tests.add", args=(i, i), queue="idle")
@@ -110,7 +106,7 @@ def test_queue_depth_counts_priority_sub_lists_in_one_read(redis_server, fleet):
 
 
 def test_priority_steps_and_key_prefix_from_transport_options(redis_server, fleet):
-    url = db_url(redis_server, 3)
+    url = redis_server.fresh_url()
     options = {"priority_steps": list(range(10)), "sep": ":", "global_keyprefix": "acme:"}
     producer = make_app(url, options)
     for priority in range(10):
@@ -128,7 +124,7 @@ def test_priority_steps_and_key_prefix_from_transport_options(redis_server, flee
 
 
 def test_sigkilled_worker_is_down_within_30s_and_counted_lost(redis_server, fleet):
-    url = db_url(redis_server, 4)
+    url = redis_server.fresh_url()
     exporter = fleet(ExporterProcess(url))  # default flags
     doomed = fleet(WorkerProcess(url, f"doomed@{HOST}", concurrency=1))
     graceful = fleet(WorkerProcess(url, f"graceful@{HOST}", concurrency=1))

@@ -20,9 +20,6 @@ from tests.harness import ExporterProcess, eventually
 pytestmark = pytest.mark.integration
 
 
-def db_url(redis_server, db: int) -> str:
-    return redis_server.url.rsplit("/", 1)[0] + f"/{db}"
-
 
 def task_events(task_id: str, name: str, queue: str = "work") -> list[Event]:
     return [
@@ -61,12 +58,13 @@ def counted(exporter, metric="celery_stalk_events_total", **labels) -> float:
 
 
 def test_batched_single_base64_utf8_and_garbage(redis_server, fleet):
-    url = db_url(redis_server, 7)
+    url = redis_server.fresh_url()
+    db = url.rsplit("/", 1)[1]
     exporter = fleet(ExporterProcess(url))
     app = make_app(url)
-    client = redis_server.client(db=7)
+    client = redis_server.client(db=int(db))
     watcher = client.pubsub()  # to check that each shape really was published
-    watcher.psubscribe("/7.celeryev/*")
+    watcher.psubscribe(f"/{db}.celeryev/*")
 
     # A gevent worker and a producer: one event per message, bodies as plain JSON
     # (kombu's body_encoding=utf-8 transport option).
@@ -99,7 +97,7 @@ def test_batched_single_base64_utf8_and_garbage(redis_server, fleet):
                       ("task.multi", "base64", False), ("worker.heartbeat", "base64", False)}
 
     # What the exporter must count and skip, each once.
-    channel = "/7.celeryev/task.sent"
+    channel = f"/{db}.celeryev/task.sent"
     garbage = {
         "not_json": [envelope("{truncated", encoding="utf-8"), envelope("")],
         "bad_envelope": [b"\x00\xffnot json at all", b"[1, 2, 3]", b'{"no": "properties"}',
@@ -136,7 +134,7 @@ def test_batched_single_base64_utf8_and_garbage(redis_server, fleet):
 
 
 def test_transport_options_reach_the_same_channels_as_kombu(redis_server, fleet):
-    url = db_url(redis_server, 8)
+    url = redis_server.fresh_url()
     options = {"global_keyprefix": "acme:", "fanout_prefix": "/custom-{db}."}
     exporter = fleet(ExporterProcess(
         url, "--broker-transport-option", 'global_keyprefix="acme:"',

@@ -77,7 +77,7 @@ def test_a_taken_port_stops_the_worker_at_start_with_one_line_naming_the_fix():
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_a_broken_instrumentation_never_breaks_a_task(redis_server, fleet, pool):
-    url = redis_server.url.rsplit("/", 1)[0] + "/7"
+    url = redis_server.fresh_url()
     worker = InstrumentedWorker(url, f"broken-{pool}@{HOST}", pool=pool)
     worker.env["STALK_TEST_BREAK_COUNTING"] = "1"
     fleet(worker)
@@ -104,7 +104,7 @@ def test_a_broken_instrumentation_never_breaks_a_task(redis_server, fleet, pool)
 def test_a_worker_without_events_heartbeats_or_gossip_still_counts_every_outcome(redis_server, fleet):
     """Celery reports a finished task to the request only while the worker's event
     dispatcher is on; the instrumentation keeps it on (for the worker group alone)."""
-    url = redis_server.url.rsplit("/", 1)[0] + "/8"
+    url = redis_server.fresh_url()
     worker = fleet(InstrumentedWorker(url, f"silent@{HOST}", pool="solo",
                                       extra=("--without-heartbeat",)))
     worker.wait_serving()

@@ -20,10 +20,6 @@ pytestmark = pytest.mark.integration
 HOST = socket.gethostname()
 
 
-def db_url(redis_server, db: int) -> str:
-    # Each test its own database: queues and event fanout are scoped to it.
-    return redis_server.url.rsplit("/", 1)[0] + f"/{db}"
-
 
 def instrumented_producer(url: str):
     """This test process as an instrumented producer: stamps, and counts what it sends."""
@@ -43,21 +39,21 @@ def pool_available(pool: str) -> bool:
 
 
 POOLS = [
-    # (pool, can it kill a task at its hard time limit, max_tasks_per_child, db)
-    pytest.param("prefork", True, 2, 9, id="prefork-max_tasks_per_child=2"),
-    pytest.param("threads", False, None, 10, id="threads"),
-    pytest.param("solo", False, None, 11, id="solo"),
-    pytest.param("gevent", True, None, 12, id="gevent"),
-    pytest.param("eventlet", False, None, 13, id="eventlet"),
+    # (pool, can it kill a task at its hard time limit, max_tasks_per_child)
+    pytest.param("prefork", True, 2, id="prefork-max_tasks_per_child=2"),
+    pytest.param("threads", False, None, id="threads"),
+    pytest.param("solo", False, None, id="solo"),
+    pytest.param("gevent", True, None, id="gevent"),
+    pytest.param("eventlet", False, None, id="eventlet"),
 ]
 
 
-@pytest.mark.parametrize("pool,kills,max_tasks_per_child,db", POOLS)
+@pytest.mark.parametrize("pool,kills,max_tasks_per_child", POOLS)
 def test_200_mixed_tasks_are_counted_exactly_with_events_off(redis_server, fleet, pool, kills,
-                                                             max_tasks_per_child, db):
+                                                             max_tasks_per_child):
     if not pool_available(pool):
         pytest.skip(f"{pool} does not install here")
-    url = db_url(redis_server, db)
+    url = redis_server.fresh_url()
     worker = fleet(InstrumentedWorker(url, f"{pool}@{HOST}", pool=pool, concurrency=2,
                                       max_tasks_per_child=max_tasks_per_child))
     worker.wait_serving()
@@ -123,7 +119,7 @@ def test_200_mixed_tasks_are_counted_exactly_with_events_off(redis_server, fleet
 def test_queue_wait_is_measured_from_the_instrumented_producer(redis_server, fleet):
     """Tasks wait in the queue while no worker runs: the wait is the producer's send time to
     the start, without task-sent events; a countdown's wait runs from its ETA."""
-    url = db_url(redis_server, 5)
+    url = redis_server.fresh_url()
     producer = instrumented_producer(url)
     for i in range(3):
         producer.send_task("tests.add", args=(i, i), queue="work")
@@ -148,7 +144,7 @@ def test_the_exporter_in_workers_mode_counts_no_task_but_keeps_queues_and_worker
     """Workers with -E and instrumented, and the exporter with --task-metrics-source workers:
     task metrics only from the workers (nothing counted twice); the exporter still sees the
     worker through its heartbeats and reads the queue's depth."""
-    url = db_url(redis_server, 6)
+    url = redis_server.fresh_url()
     exporter = fleet(ExporterProcess(url, "--task-metrics-source", "workers", "--queue", "work"))
     worker = fleet(InstrumentedWorker(url, f"both@{HOST}", pool="threads", events=True))
     worker.wait_serving()

@@ -22,16 +22,12 @@ SETTLE = 1.0
 SCRAPE_INTERVAL = 1.0  # how close a workflow's duration must be to what the backend recorded
 
 
-def db_url(redis_server, db: int) -> str:
-    return redis_server.url.rsplit("/", 1)[0] + f"/{db}"
-
 
 @pytest.fixture
 def workflows(redis_server, fleet, tmp_path, request):
     """An exporter, a worker of tests/workflow_app.py and a producer on one Redis database;
     the result backend is Redis (native chords) or files (celery.chord_unlock)."""
-    db = 10 if request.param == "redis" else 11
-    url = db_url(redis_server, db)
+    url = redis_server.fresh_url()
     backend = url if request.param == "redis" else f"file://{tmp_path}"
     exporter = fleet(ExporterProcess(url, "--workflow-settle", str(SETTLE)))
     worker = fleet(WorkerProcess(url, f"wf-{request.param}@{HOST}", concurrency=4,
