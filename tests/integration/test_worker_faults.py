@@ -94,7 +94,8 @@ def test_a_broken_instrumentation_never_breaks_a_task(redis_server, fleet, pool)
         "celery_stalk_instrumentation_errors_total", where="request") == 20 and m, 30,
         message="a start and a success failed to count, for each task")
     # what did not fail is still counted
-    assert m.get("celery_task_received_total", task="tests.note", queue="work") == 10
+    assert m.get("celery_task_received_total", task="tests.note", queue="work",
+                 worker=worker.nodename) == 10
     assert m.get("celery_stalk_collector_success", collector="tasks") == 1
     log = worker.output()
     assert log.count("celery-stalk instrumentation error in request") == 1  # once, not per task
@@ -113,8 +114,10 @@ def test_a_worker_without_events_heartbeats_or_gossip_still_counts_every_outcome
         producer.send_task("tests.add", args=(i, i), queue="work")
     producer.send_task("tests.fail_key", queue="work")
     m = eventually(lambda: (m := worker.scrape()).get(
-        "celery_task_succeeded_total", task="tests.add", queue="work") == 5 and m, 60,
+        "celery_task_succeeded_total", task="tests.add", queue="work", worker=worker.nodename) == 5 and m, 60,
         message=f"successes counted\n{worker.output()[-2000:]}")
-    assert m.get("celery_task_runtime_seconds_count", task="tests.add", queue="work") == 5
+    assert m.get("celery_task_runtime_seconds_count", task="tests.add", queue="work",
+                 worker=worker.nodename) == 5
     eventually(lambda: worker.scrape().get("celery_task_exceptions_total", task="tests.fail_key",
-                                           queue="work", exception="KeyError") == 1, 30)
+                                           queue="work", exception="KeyError",
+                                           worker=worker.nodename) == 1, 30)

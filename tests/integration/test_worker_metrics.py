@@ -133,7 +133,7 @@ def test_queue_wait_is_measured_from_the_instrumented_producer(redis_server, fle
     worker.wait_serving()
     m = wait_finished(worker, 4, timeout=60)
     started_by = time.time()
-    labels = {"task": "tests.add", "queue": "work"}
+    labels = {"task": "tests.add", "queue": "work", "worker": worker.nodename}
     assert m.get("celery_task_queue_wait_seconds_count", **labels) == 4
     waited = m.get("celery_task_queue_wait_seconds_sum", **labels)
     # three waited at least the 2 s before the worker came; the ETA one from its ETA on
@@ -164,4 +164,5 @@ def test_the_exporter_in_workers_mode_counts_no_task_but_keeps_queues_and_worker
     assert events.get("celery_stalk_task_metrics_from_events") == 0
     assert events.get("celery_worker_up", worker=worker.nodename) == 1
     assert events.get("celery_queue_messages", queue="work") == 0
-    assert worker.scrape().get("celery_task_succeeded_total", task="tests.add", queue="work") == 20
+    assert worker.scrape().get("celery_task_succeeded_total", task="tests.add", queue="work",
+                              worker=worker.nodename) == 20
