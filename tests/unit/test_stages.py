@@ -1,0 +1,241 @@
+"""Task stages replayed with an injected clock: pending age, longest runs, orphans, reserved."""
+
+from __future__ import annotations
+
+import pytest
+
+from celery_stalk.model import Model, ModelSettings
+from tests import events as ev
+
+W1, W2 = "w1@host-a", "w2@host-b"
+
+
+def model(**settings) -> Model:
+    m = Model(ModelSettings(**{"worker_timeout": 10, **settings}))
+    m.link_up(0.0)
+    return m
+
+
+# -- oldest pending ------------------------------------------------------------------
+
+
+def test_oldest_pending_is_the_first_sent_not_received_per_queue_by_receive_time():
+    m = model()
+    m.apply(ev.sent("a", "app.a", "work", at=5.0), 100.0)  # producer clock ignored
+    m.apply(ev.sent("b", "app.a", "work"), 110.0)
+    m.apply(ev.sent("c", "app.c", "other"), 130.0)
+    snap = m.stage_snapshot(150.0)
+    assert snap.oldest_pending == {"work": 50.0, "other": 20.0}
+    m.apply(ev.received("a", "app.a", hostname=W1), 151.0)
+    assert m.stage_snapshot(160.0).oldest_pending == {"work": 50.0, "other": 30.0}
+    m.apply(ev.received("b", "app.a", hostname=W1), 161.0)
+    m.apply(ev.received("c", "app.c", hostname=W1), 161.0)
+    assert m.stage_snapshot(170.0).oldest_pending == {}  # none pending: nothing emitted
+
+
+def test_pending_grows_with_the_clock_while_no_worker_receives():
+    m = model()
+    m.apply(ev.sent("a", "app.a", "idle"), 100.0)
+    ages = [m.stage_snapshot(t).oldest_pending["idle"] for t in (100.0, 130.0, 400.0)]
+    assert ages == [0.0, 30.0, 300.0]
+
+
+def test_late_task_sent_does_not_put_a_received_task_back_in_its_queue():
+    m = model()
+    m.apply(ev.received("a", "app.a", hostname=W1), 100.0)  # the worker's event came first
+    m.apply(ev.sent("a", "app.a", "work"), 100.5)
+    snap = m.stage_snapshot(200.0)
+    assert snap.oldest_pending == {}
+    assert snap.reserved == {}  # W1 never heartbeat: not a worker of the registry
+    m.apply(ev.heartbeat(W1), 200.0)
+    assert m.stage_snapshot(200.0).reserved == {W1: 1}
+
+
+def test_retry_sends_the_task_back_to_its_queue_until_received_again():
+    m = model()
+    m.apply_many([ev.sent("a", "app.a", "work"), ev.received("a", "app.a", hostname=W1),
+                  ev.started("a", hostname=W1)], 100.0)
+    m.apply(ev.sent("a", "app.a", "work", retries=1), 110.0)  # the retry's own message
+    m.apply(ev.retried("a", hostname=W1), 110.1)
+    snap = m.stage_snapshot(120.0)
+    assert snap.oldest_pending == {"work": 10.0}
+    assert snap.oldest_running == {}
+    m.apply(ev.received("a", "app.a", hostname=W1, retries=1), 125.0)
+    assert m.stage_snapshot(130.0).oldest_pending == {}
+
+
+def test_retried_before_its_task_sent_stops_the_run_then_the_send_makes_it_pending():
+    m = model()
+    m.apply_many([ev.sent("a", "app.a", "work"), ev.received("a", "app.a", hostname=W1),
+                  ev.started("a", hostname=W1)], 100.0)
+    m.apply(ev.retried("a", hostname=W1), 110.0)
+    assert m.stage_snapshot(111.0).oldest_running == {}
+    m.apply(ev.sent("a", "app.a", "work", retries=1), 112.0)
+    assert m.stage_snapshot(113.0).oldest_pending == {"work": 1.0}
+
+
+def test_requeued_rejection_makes_the_task_pending_again():
+    m = model()
+    m.apply_many([ev.sent("a", "app.a", "work"), ev.received("a", "app.a", hostname=W1)], 100.0)
+    m.apply(ev.rejected("a", requeue=True, hostname=W1), 105.0)
+    assert m.stage_snapshot(110.0).oldest_pending == {"work": 5.0}
+
+
+# -- oldest running ----------------------------------------------------------------------
+
+
+def test_oldest_running_is_the_longest_unfinished_run_per_task_and_queue():
+    m = model()
+    for task_id, at in (("a", 100.0), ("b", 150.0)):
+        m.apply_many([ev.sent(task_id, "app.slow", "work"),
+                      ev.received(task_id, "app.slow", hostname=W1)], at)
+        m.apply(ev.started(task_id, hostname=W1), at + 1)
+    m.apply_many([ev.sent("c", "app.fast", "work"), ev.received("c", "app.fast", hostname=W2),
+                  ev.started("c", hostname=W2)], 190.0)
+    snap = m.stage_snapshot(200.0)
+    assert snap.oldest_running == {("app.slow", "work"): 99.0, ("app.fast", "work"): 10.0}
+    m.apply(ev.succeeded("a", hostname=W1), 201.0)  # the oldest ends: the next is the oldest
+    assert m.stage_snapshot(210.0).oldest_running == {("app.slow", "work"): 59.0,
+                                                      ("app.fast", "work"): 20.0}
+    for task_id, end in (("b", ev.failed), ("c", ev.revoked)):
+        m.apply(end(task_id, hostname=W1), 211.0)
+    assert m.stage_snapshot(220.0).oldest_running == {}
+
+
+def test_running_task_whose_queue_is_learnt_later_is_reported_under_it():
+    m = model()
+    m.apply_many([ev.received("a", "app.a", hostname=W1), ev.started("a", hostname=W1)], 100.0)
+    m.apply(ev.sent("a", "app.a", "late"), 100.2)  # the task-sent came after the start
+    snap = m.stage_snapshot(130.0)
+    assert snap.oldest_running == {("app.a", "late"): 30.0}
+    assert snap.oldest_pending == {}
+
+
+# -- reserved ------------------------------------------------------------------------------
+
+
+def test_reserved_counts_received_and_not_started_per_worker():
+    m = model()
+    m.apply_many([ev.heartbeat(W1), ev.heartbeat(W2)], 100.0)
+    for task_id in ("a", "b", "c"):
+        m.apply_many([ev.sent(task_id, "app.a", "work"),
+                      ev.received(task_id, "app.a", hostname=W1)], 100.0)
+    m.apply(ev.started("a", hostname=W1), 101.0)
+    assert m.stage_snapshot(102.0).reserved == {W1: 2, W2: 0}
+    m.apply(ev.started("b", hostname=W1), 103.0)
+    m.apply(ev.revoked("c", hostname=W1), 103.0)
+    assert m.stage_snapshot(104.0).reserved == {W1: 0, W2: 0}
+
+
+def test_redelivery_to_another_worker_moves_the_task():
+    m = model()
+    m.apply_many([ev.heartbeat(W1), ev.heartbeat(W2)], 100.0)
+    m.apply_many([ev.sent("a", "app.a", "work"), ev.received("a", "app.a", hostname=W1)], 100.0)
+    m.apply(ev.received("a", "app.a", hostname=W2), 105.0)
+    assert m.stage_snapshot(106.0).reserved == {W1: 0, W2: 1}
+
+
+# -- orphans -------------------------------------------------------------------------------
+
+
+def test_lost_worker_orphans_what_it_ran_and_reserved_and_they_leave_their_stage():
+    m = model()
+    m.apply_many([ev.heartbeat(W1), ev.heartbeat(W2)], 100.0)
+    m.apply_many([ev.sent("a", "app.slow", "work"), ev.received("a", "app.slow", hostname=W1),
+                  ev.started("a", hostname=W1),
+                  ev.sent("b", "app.slow", "work"), ev.received("b", "app.slow", hostname=W1),
+                  ev.sent("c", "app.other", "work"), ev.received("c", "app.other", hostname=W2),
+                  ev.started("c", hostname=W2)], 100.0)
+    m.apply(ev.heartbeat(W2), 108.0)
+    m.tick(109.0)  # W1 silent 9 s of 10: not lost yet
+    assert m.stage_snapshot(109.0).orphaned == {}
+    m.apply(ev.heartbeat(W2), 115.0)
+    m.tick(111.0)
+    snap = m.stage_snapshot(111.0)
+    assert snap.orphaned == {("app.slow", "work"): 2}
+    assert snap.oldest_running == {("app.other", "work"): 11.0}  # W1's run no longer runs
+    assert snap.reserved == {W1: 0, W2: 0}
+    m.tick(200.0)  # counted once
+    assert m.stage_snapshot(200.0).orphaned[("app.slow", "work")] == 2
+
+
+def test_orphaned_task_redelivered_joins_its_name_and_queue_again():
+    m = model()
+    m.apply_many([ev.heartbeat(W1), ev.sent("a", "app.slow", "work"),
+                  ev.received("a", "app.slow", hostname=W1), ev.started("a", hostname=W1)], 100.0)
+    m.tick(111.0)
+    m.apply_many([ev.heartbeat(W2), ev.received("a", "app.slow", hostname=W2),
+                  ev.started("a", hostname=W2)], 120.0)
+    snap = m.stage_snapshot(130.0)
+    assert snap.oldest_running == {("app.slow", "work"): 10.0}
+    assert snap.orphaned == {("app.slow", "work"): 1}
+
+
+def test_clean_shutdown_orphans_nothing():
+    m = model()
+    m.apply_many([ev.heartbeat(W1), ev.sent("a", "app.a", "work"),
+                  ev.received("a", "app.a", hostname=W1)], 100.0)
+    m.apply(ev.offline(W1), 101.0)
+    m.tick(500.0)
+    snap = m.stage_snapshot(500.0)
+    assert snap.orphaned == {}
+    assert snap.reserved == {W1: 0}
+
+
+def test_worker_silent_while_the_event_link_is_down_orphans_nothing():
+    m = model()
+    m.apply_many([ev.heartbeat(W1), ev.sent("a", "app.a", "work"),
+                  ev.received("a", "app.a", hostname=W1), ev.started("a", hostname=W1)], 100.0)
+    m.link_down()
+    m.tick(500.0)
+    assert m.stage_snapshot(500.0).orphaned == {}
+
+
+# -- bounds ----------------------------------------------------------------------------------
+
+
+def test_tasks_the_tracker_drops_leave_their_stage():
+    m = model(max_tracked_tasks=4)  # generations of 2
+    m.apply(ev.heartbeat(W1), 100.0)
+    for i in range(6):
+        m.apply(ev.sent(f"p{i}", "app.a", "work"), 100.0 + i)
+    stages = m.stages
+    assert sum(len(tasks) for tasks in stages.pending.values()) == len(m.tracker) == 4
+    assert m.stage_snapshot(110.0).oldest_pending == {"work": 8.0}  # p0, p1 dropped
+    for i in range(6, 12):
+        m.apply_many([ev.received(f"p{i}", "app.a", hostname=W1),
+                      ev.started(f"p{i}", hostname=W1)], 110.0)
+    assert sum(len(tasks) for tasks in stages.running.values()) == len(m.tracker) == 4
+    assert stages.pending == {}
+
+
+def test_forgotten_queue_drops_its_pending_tasks_and_orphan_counts():
+    m = model(max_queues=2, label_ttl=10)
+    m.apply_many([ev.heartbeat(W1), ev.sent("a", "app.a", "q1"),
+                  ev.received("a", "app.a", hostname=W1)], 100.0)
+    m.tick(111.0)  # lost: orphan under q1
+    m.apply(ev.sent("b", "app.a", "q1"), 111.0)
+    assert m.stage_snapshot(111.0).orphaned == {("app.a", "q1"): 1}
+    m.apply(ev.sent("c", "app.c", "q2"), 200.0)  # q1 idle past label_ttl: forgotten for q2
+    snap = m.stage_snapshot(200.0)
+    assert snap.orphaned == {}
+    assert snap.oldest_pending == {"q2": 0.0}
+
+
+def test_task_metrics_from_workers_leaves_the_stages_empty():
+    m = Model(count_task_events=False)
+    m.apply_many([ev.heartbeat(W1), ev.sent("a", "app.a", "work"),
+                  ev.received("a", "app.a", hostname=W1)], 100.0)
+    snap = m.stage_snapshot(200.0)
+    assert (snap.oldest_pending, snap.oldest_running, snap.reserved) == ({}, {}, {W1: 0})
+
+
+@pytest.mark.parametrize("end", [ev.succeeded, ev.failed, ev.revoked, ev.rejected])
+def test_every_end_takes_a_task_out_of_every_stage(end):
+    m = model()
+    m.apply_many([ev.heartbeat(W1), ev.sent("a", "app.a", "work"),
+                  ev.received("a", "app.a", hostname=W1), ev.started("a", hostname=W1),
+                  end("a", hostname=W1)], 100.0)
+    snap = m.stage_snapshot(200.0)
+    assert (snap.oldest_pending, snap.oldest_running, snap.reserved) == ({}, {}, {W1: 0})
+    assert (m.stages.pending, m.stages.reserved, m.stages.running) == ({}, {}, {})
