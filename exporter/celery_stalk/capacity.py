@@ -107,6 +107,11 @@ def broker_stats(config) -> Callable[[float], object]:
     if config.transport == "redis":  # a broker that accepts but never answers must not hang us
         options = {"socket_timeout": CONNECT_TIMEOUT, **options}
     app = Celery("celery-stalk-inspect", set_as_current=False)
+    # The broadcast publishes through the app's own producer pool, whatever
+    # connection it is handed: the app must know the broker too.
+    app.conf.update(broker_url=config.broker_url, broker_transport_options=options,
+                    broker_use_ssl=config.kombu_ssl or None,
+                    broker_connection_timeout=CONNECT_TIMEOUT, broker_connection_max_retries=1)
 
     def ask(timeout: float) -> object:
         with Connection(config.broker_url, transport_options=options, ssl=config.kombu_ssl,
