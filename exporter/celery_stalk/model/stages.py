@@ -51,35 +51,45 @@ class TaskStages:
 
     # -- moves (the events path: O(1) each) ------------------------------------
 
+    # A queue's or worker's dict is kept when it empties (tasks come and go through the
+    # same few all the time): empty ones are dropped with each generation the tracker
+    # drops, so they stay as few as the keys of the tasks tracked.
+
     def enter(self, task_id: str, task: TrackedTask, stage: int, where: str | None,
               now: float) -> None:
         """Put a task in ``stage`` at ``where`` (a queue for PENDING, else a worker)."""
-        if task.stage:
-            self.leave(task_id, task)
-        book = self._books[stage]
+        books = self._books
+        if task.stage:  # leave(), inline: this is the events path
+            tasks = books[task.stage].get(task.where)
+            if tasks is not None:
+                tasks.pop(task_id, None)
+        book = books[stage]
         tasks = book.get(where)
         if tasks is None:
             tasks = book[where] = {}
         tasks[task_id] = task
-        task.stage, task.where, task.since = stage, where, now
+        task.stage = stage
+        task.where = where
+        task.since = now
 
     def leave(self, task_id: str, task: TrackedTask) -> None:
         stage = task.stage
         if not stage:
             return
         task.stage = NOWHERE
-        book = self._books[stage]
-        tasks = book.get(task.where)
+        tasks = self._books[stage].get(task.where)
         if tasks is not None:
             tasks.pop(task_id, None)
-            if not tasks:
-                del book[task.where]
 
     def evict(self, dropped: dict[str, TrackedTask]) -> None:
-        """The tracker dropped a generation: its tasks leave their stage."""
+        """The tracker dropped a generation: its tasks leave their stage, and the dicts
+        of queues and workers left empty are dropped."""
         for task_id, task in dropped.items():
             if task.stage:
                 self.leave(task_id, task)
+        for book in self._books[1:]:
+            for key in [key for key, tasks in book.items() if not tasks]:
+                del book[key]
 
     # -- workers leaving -------------------------------------------------------
 
@@ -118,8 +128,9 @@ class TaskStages:
         """``workers``: the names the reserved counts are reported for (the registry's)."""
         oldest_pending = {}
         for queue, tasks in self.pending.items():
-            first = next(iter(tasks.values()))
-            oldest_pending[queue] = max(0.0, now - first.since)
+            if tasks:
+                first = next(iter(tasks.values()))
+                oldest_pending[queue] = max(0.0, now - first.since)
         oldest_running: dict[Labels, float] = {}
         label_of = self.label_of
         for tasks in self.running.values():

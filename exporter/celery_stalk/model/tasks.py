@@ -80,6 +80,7 @@ class TaskEvents:
         ledger.on_forget_queue.append(self._forget_queue)
         # Where each task in flight is (pending, reserved, running): stages.py.
         self.stages = TaskStages(self.label_of)
+        self._enter = self.stages.enter  # the events path
         tracker.on_evict = self.stages.evict
         ledger.on_forget_task.append(self.stages.forget_task)
         ledger.on_forget_queue.append(self.stages.forget_queue)
@@ -232,7 +233,7 @@ class TaskEvents:
         counter = self._sent
         counter[labels] = counter.get(labels, 0) + 1
         if task.stage < RESERVED or run != task.run:  # else: the delivery seen came first
-            self.stages.enter(task_id, task, PENDING, labels[1], now)
+            self._enter(task_id, task, PENDING, labels[1], now)
         if task.held is not None:  # the worker's first events beat this one
             self._release(task_id, task, now)
         if task.earlier_starts:  # even the next run was delivered before this one
@@ -263,7 +264,10 @@ class TaskEvents:
             task.earlier_starts[task.run] = task.started
         task.run = run_of(event)
         task.started = None  # this delivery has not started yet
-        self.stages.enter(task_id, task, RESERVED, _worker(event), now)
+        # The worker's name, not checked as a label: only the registry's (checked)
+        # names are ever looked up with it.
+        hostname = event.get("hostname")
+        self._enter(task_id, task, RESERVED, hostname if type(hostname) is str else None, now)
         if task.settled or not self._held(task_id, task, "task-received", None, now):
             labels = self.labels("task-received", task)
             counter = self._received
@@ -281,7 +285,8 @@ class TaskEvents:
         self.ended.discard(task_id)
         task = self.tracker.get_or_add(task_id)
         task.started = number(event.get("timestamp"))
-        self.stages.enter(task_id, task, RUNNING, _worker(event), now)
+        hostname = event.get("hostname")
+        self._enter(task_id, task, RUNNING, hostname if type(hostname) is str else None, now)
         if task.settled or not self._held(task_id, task, "task-started", None, now):
             labels = self.labels("task-started", task)
             counter = self._started
@@ -372,13 +377,6 @@ class TaskEvents:
     def _forget_queue(self, queue: str) -> None:
         for name in [name for name, q in self.queue_of_name.items() if q == queue]:
             del self.queue_of_name[name]
-
-
-def _worker(event: dict) -> str | None:
-    """The worker a task event comes from. Not checked as a label: only the
-    registry's (checked) names are ever looked up with it."""
-    hostname = event.get("hostname")
-    return hostname if type(hostname) is str else None
 
 
 def _ends(held: list) -> bool:
