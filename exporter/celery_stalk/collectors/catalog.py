@@ -30,6 +30,10 @@ class Metric:
 _TASK = ("task", "queue")
 
 
+# Task series only the exporter can tell, from the whole fleet's events (a worker cannot
+# see its own loss): instrumented workers do not serve them.
+FLEET_TASK_METRICS = ("celery_task_oldest_running_seconds", "celery_task_orphaned_total")
+
 # Events that end a run of a task (README, "Failures, rejections and retries").
 _ENDS = ("task-succeeded", "task-failed", "task-revoked", "task-rejected")
 
