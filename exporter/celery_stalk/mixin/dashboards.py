@@ -322,15 +322,14 @@ def task() -> tuple[str, list[dict]]:
                    "not end.", [target(f"max by (task, queue) ("
                                        f"{gauge('celery_task_oldest_running_seconds', TASK_LABELS)})",
                                        "{{task}} ({{queue}})")], "s"),
-        timeseries("Orphaned", "Tasks running or prefetched on a worker that was lost, per "
-                   "second.", [target(f"sum by (task) ({rate('celery_task_orphaned_total')})",
-                                      "{{task}}")], "ops"),
+        stat("Orphaned in the time range", "Tasks running or prefetched on a worker that "
+             "was lost (silent, no clean shutdown).",
+             or_zero(f"sum({increase('celery_task_orphaned_total', TASK_LABELS)})")),
         table("Totals in the time range", "Events per task and queue in the time range.", {
             "sent": totals("celery_task_sent_total"),
             "succeeded": totals("celery_task_succeeded_total"),
             "failed": totals("celery_task_failed_total"),
             "retried": totals("celery_task_retried_total"),
-            "orphaned": totals("celery_task_orphaned_total"),
         }),
     ]
 
