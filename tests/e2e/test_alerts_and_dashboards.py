@@ -69,8 +69,8 @@ def stack(rabbitmq_server):
                  # the beat schedule from RedBeat's keys; workflows settled in a second
                  "--redbeat-key-prefix", "redbeat:", "--beat-refresh-interval", "1",
                  "--workflow-settle", "1",
-                 # worker concurrency for the utilisation panels and rules, asked every second
-                 "--inspect-interval", "1")
+                 # worker concurrency for the utilisation panels and rules: a round every 2 s
+                 "--inspect-interval", "1", "--inspect-timeout", "1")
         pair = [start(ExporterProcess(redis.url, *flags)) for _ in range(2)]
         amqp_exporter = start(ExporterProcess(rabbitmq_server.url, "--queue", "work"))
         webhook = start(Webhook())
