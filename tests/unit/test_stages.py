@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from celery_stalk.model import Model, ModelSettings
+from celery_stalk.model.stages import PENDING, RESERVED, RUNNING
 from tests import events as ev
 
 W1, W2 = "w1@host-a", "w2@host-b"
@@ -240,3 +243,67 @@ def test_every_end_takes_a_task_out_of_every_stage(end):
     assert (snap.oldest_pending, snap.oldest_running, snap.reserved) == ({}, {}, {W1: 0})
     for book in (m.stages.pending, m.stages.reserved, m.stages.running):
         assert not any(book.values())
+
+
+# -- invariants under any order of events ------------------------------------------------
+
+HOSTS = (W1, W2, "w3@host-c")
+TASK_IDS = tuple(f"t{i}" for i in range(8))
+step = st.one_of(
+    st.tuples(st.just("sent"), st.sampled_from(TASK_IDS), st.sampled_from(("q1", "q2")),
+              st.integers(0, 2)),
+    st.tuples(st.just("received"), st.sampled_from(TASK_IDS), st.sampled_from(HOSTS),
+              st.integers(0, 2)),
+    st.tuples(st.just("started"), st.sampled_from(TASK_IDS), st.sampled_from(HOSTS)),
+    st.tuples(st.sampled_from(("succeeded", "failed", "revoked", "retried", "rejected",
+                               "requeued")), st.sampled_from(TASK_IDS)),
+    st.tuples(st.sampled_from(("heartbeat", "offline")), st.sampled_from(HOSTS)),
+    st.tuples(st.just("tick")),
+)
+
+
+def apply_step(m: Model, s: tuple, now: float) -> None:
+    kind = s[0]
+    if kind == "sent":
+        m.apply(ev.sent(s[1], "app.x", s[2], retries=s[3]), now)
+    elif kind == "received":
+        m.apply(ev.received(s[1], "app.x", hostname=s[2], retries=s[3]), now)
+    elif kind == "started":
+        m.apply(ev.started(s[1], hostname=s[2]), now)
+    elif kind == "requeued":
+        m.apply(ev.rejected(s[1], requeue=True), now)
+    elif kind in ("heartbeat", "offline"):
+        m.apply((ev.heartbeat if kind == "heartbeat" else ev.offline)(s[1]), now)
+    elif kind == "tick":
+        m.tick(now)
+    else:
+        m.apply(getattr(ev, kind)(s[1]), now)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(step, max_size=60), st.integers(4, 12))
+def test_every_staged_task_is_tracked_in_one_place_and_the_oldest_is_first(steps, bound):
+    m = model(max_tracked_tasks=bound, queue_hold=0.5)
+    m.apply_many([ev.heartbeat(h) for h in HOSTS], 0.0)
+    for i, s in enumerate(steps):
+        apply_step(m, s, float(i))
+    now = float(len(steps))
+    stages, tracked = m.stages, {**m.tracker.old, **m.tracker.young}
+    books = {PENDING: stages.pending, RESERVED: stages.reserved, RUNNING: stages.running}
+    staged = set()
+    for stage, book in books.items():
+        for where, tasks in book.items():
+            for task_id, task in tasks.items():
+                assert tracked.get(task_id) is task, task_id  # never one the tracker dropped
+                assert (task.stage, task.where) == (stage, where), task_id
+                assert task_id not in staged  # in one place only
+                staged.add(task_id)
+    assert staged == {i for i, t in tracked.items() if t.stage}
+    snap = m.stage_snapshot(now)
+    for queue, tasks in stages.pending.items():
+        if tasks:
+            assert snap.oldest_pending[queue] == now - min(t.since for t in tasks.values())
+    assert set(snap.oldest_pending) == {q for q, tasks in stages.pending.items() if tasks}
+    for worker, count in snap.reserved.items():
+        assert count == sum(1 for t in tracked.values()
+                            if t.stage == RESERVED and t.where == worker)
