@@ -18,6 +18,7 @@ import pytest
 import yaml
 from celery_stalk.mixin import RULES, render
 from celery_stalk.mixin.config import TEST
+from celery_stalk.mixin.dashboards import once
 
 from tests.alerts.promql import series_names
 from tests.celery_app import make_app
@@ -113,6 +114,11 @@ def test_dashboards_and_rules_return_data_from_two_instrumented_workers(stack):
     assert value(prometheus, "count(count by (instance) (celery_task_started_total))") == 2
     assert value(prometheus, "sum(celery_task_queue_wait_seconds_count)") == \
         value(prometheus, "sum(celery_task_started_total)")
+    # As the dashboards and rules take each series once (one of an exporter HA pair), the
+    # workers still add up: their series differ by worker, not only by instance.
+    for kind, per_wave in PER_WAVE.items():
+        query = f"sum({once(f'celery_task_{kind}_total')})"
+        assert value(prometheus, query) == 2 * per_wave, query
 
     end = time.time()
     span = math.ceil(end - stack.started) + 1

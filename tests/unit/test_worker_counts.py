@@ -135,3 +135,22 @@ def test_worker_task_metrics_are_the_exporters():
         assert (family.type, family.documentation) == (metric.kind, metric.help), name
         assert family.samples, name
         assert set(family.samples[0].labels) - {"le"} == set(metric.labels), name
+
+
+def test_a_worker_names_itself_on_its_task_series():
+    """Served by a worker, every task series carries the worker too: what keeps workers apart
+    where rules and dashboards take one series of each exporter HA pair."""
+    from celery_stalk.collectors import CATALOG, TaskCollector
+
+    instr = Instrumentation()
+    labels = instr.counts.labels("app.add", "work")
+    instr.counts.started(labels, 0.5)
+    instr.counts.succeeded(labels, 0.25)
+    instr.counts.failed(labels, "KeyError")
+    families = {f.name: f for f in TaskCollector(instr.counts, "w1@host").collect()}
+    for name in ("celery_task_started_total", "celery_task_exceptions_total",
+                 "celery_task_runtime_seconds", "celery_task_queue_wait_seconds"):
+        family = families[name.removesuffix("_total")]
+        for sample in family.samples:
+            assert sample.labels["worker"] == "w1@host", name
+            assert set(sample.labels) - {"le", "worker"} == set(CATALOG[name].labels), name

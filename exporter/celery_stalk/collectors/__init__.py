@@ -28,8 +28,8 @@ from .workers import WorkerCollector
 from .workflows import WorkflowCollector
 
 __all__ = ["CATALOG", "BeatCollector", "CapacityCollector", "CollectorFailed", "Exporter",
-           "ExporterCollector", "QueueCollector", "StageCollector", "TaskCollector", "WebCollector", "WorkerCollector",
-           "WorkflowCollector", "model_collectors"]
+           "ExporterCollector", "QueueCollector", "StageCollector", "TaskCollector",
+           "WebCollector", "WorkerCollector", "WorkflowCollector", "model_collectors"]
 
 log = logging.getLogger(__name__)
 

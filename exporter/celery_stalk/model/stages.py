@@ -47,7 +47,8 @@ class TaskStages:
         self.reserved: dict[str | None, dict[str, TrackedTask]] = {}  # worker -> tasks
         self.running: dict[str | None, dict[str, TrackedTask]] = {}  # worker -> tasks
         self.orphaned: dict[Labels, int] = {}
-        self._books = (None, self.pending, self.reserved, self.running)
+        # By stage (PENDING, RESERVED, RUNNING): where -> tasks. Index 0, NOWHERE, holds none.
+        self._books: tuple[dict, ...] = ({}, self.pending, self.reserved, self.running)
 
     # -- moves (the events path: O(1) each) ------------------------------------
 

@@ -106,7 +106,7 @@ def _bind(worker, instr, host: str, port: int, web: webconfig.WebConfig):
     stats = WebStats()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Exporter([
-        TaskCollector(instr.counts),
+        TaskCollector(instr.counts, worker.hostname),
         WorkerLocalCollector(instr.counts, worker, instr.processes),
         WebCollector(stats),
     ], __version__))
