@@ -208,7 +208,8 @@ def test_tasks_the_tracker_drops_leave_their_stage():
     for i in range(6, 12):
         m.apply_many([ev.received(f"p{i}", "app.a", hostname=W1),
                       ev.started(f"p{i}", hostname=W1)], 110.0)
-    assert sum(len(tasks) for tasks in stages.running.values()) == len(m.tracker) == 4
+    assert sum(len(tasks) for tasks in stages.held.values()) == len(m.tracker) == 4
+    assert all(t.stage == RUNNING for tasks in stages.held.values() for t in tasks.values())
     assert stages.pending == {}  # emptied, and dropped with a generation
 
 
@@ -241,7 +242,7 @@ def test_every_end_takes_a_task_out_of_every_stage(end):
                   end("a", hostname=W1)], 100.0)
     snap = m.stage_snapshot(200.0)
     assert (snap.oldest_pending, snap.oldest_running, snap.reserved) == ({}, {}, {W1: 0})
-    for book in (m.stages.pending, m.stages.reserved, m.stages.running):
+    for book in (m.stages.pending, m.stages.held):
         assert not any(book.values())
 
 
@@ -289,13 +290,13 @@ def test_every_staged_task_is_tracked_in_one_place_and_the_oldest_is_first(steps
         apply_step(m, s, float(i))
     now = float(len(steps))
     stages, tracked = m.stages, {**m.tracker.old, **m.tracker.young}
-    books = {PENDING: stages.pending, RESERVED: stages.reserved, RUNNING: stages.running}
+    books = {(PENDING,): stages.pending, (RESERVED, RUNNING): stages.held}
     staged = set()
     for stage, book in books.items():
         for where, tasks in book.items():
             for task_id, task in tasks.items():
                 assert tracked.get(task_id) is task, task_id  # never one the tracker dropped
-                assert (task.stage, task.where) == (stage, where), task_id
+                assert task.stage in stage and task.where == where, task_id
                 assert task_id not in staged  # in one place only
                 staged.add(task_id)
     assert staged == {i for i, t in tracked.items() if t.stage}
@@ -307,3 +308,9 @@ def test_every_staged_task_is_tracked_in_one_place_and_the_oldest_is_first(steps
     for worker, count in snap.reserved.items():
         assert count == sum(1 for t in tracked.values()
                             if t.stage == RESERVED and t.where == worker)
+    running: dict = {}
+    for task in tracked.values():
+        if task.stage == RUNNING:
+            labels = m.tasks.label_of(task)
+            running[labels] = max(running.get(labels, 0.0), now - task.since)
+    assert snap.oldest_running == running

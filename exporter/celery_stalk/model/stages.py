@@ -9,12 +9,15 @@ stage; the tracker keeps the task, so a redelivery joins its name and queue
 again. A worker that shuts down cleanly orphans nothing: a warm shutdown
 finishes what runs and hands its prefetched messages back to the broker.
 
-Every stage keeps its tasks in dicts in the order they entered, stamped with
-the exporter's receive time (worker and producer clocks cannot skew it), so
-entering and leaving are O(1) and the oldest pending task of a queue is the
-first of its dict. The longest-running task of each (task, queue) is found at
-snapshot time from the running tasks (at most the fleet's concurrency in a
-healthy fleet, the tracker's bound at worst), never on the events path.
+Pending tasks are kept per queue, the reserved and running ones per worker
+(``held``: a task that starts where it was received only changes its stage,
+with no move), in dicts in the order they entered, stamped with the exporter's
+receive time (worker and producer clocks cannot skew it): entering and leaving
+are O(1), and the oldest pending task of a queue is the first of its dict.
+The longest-running task of each (task, queue) and the reserved count of each
+worker are found at snapshot time from the tasks held (about the fleet's
+concurrency and prefetch in a healthy fleet, the tracker's bound at worst),
+never on the events path.
 Everything here holds tracked tasks only: when the tracker drops a generation,
 its tasks leave their stage (``evict``), so memory follows the tracker's bound.
 """
@@ -44,11 +47,11 @@ class TaskStages:
         # (task, queue) of a tracked task, without side effects (no counting).
         self.label_of = label_of
         self.pending: dict[str, dict[str, TrackedTask]] = {}  # queue label -> tasks
-        self.reserved: dict[str | None, dict[str, TrackedTask]] = {}  # worker -> tasks
-        self.running: dict[str | None, dict[str, TrackedTask]] = {}  # worker -> tasks
+        # worker -> its tasks reserved or running (their stage tells which)
+        self.held: dict[str | None, dict[str, TrackedTask]] = {}
         self.orphaned: dict[Labels, int] = {}
         # By stage (PENDING, RESERVED, RUNNING): where -> tasks. Index 0, NOWHERE, holds none.
-        self._books: tuple[dict, ...] = ({}, self.pending, self.reserved, self.running)
+        self._books: tuple[dict, ...] = ({}, self.pending, self.held, self.held)
 
     # -- moves (the events path: O(1) each) ------------------------------------
 
@@ -88,7 +91,7 @@ class TaskStages:
         for task_id, task in dropped.items():
             if task.stage:
                 self.leave(task_id, task)
-        for book in self._books[1:]:
+        for book in (self.pending, self.held):
             for key in [key for key, tasks in book.items() if not tasks]:
                 del book[key]
 
@@ -96,20 +99,15 @@ class TaskStages:
 
     def worker_lost(self, worker: str) -> None:
         """Count what the lost worker held as orphaned, and take it out of its stage."""
-        for book in (self.reserved, self.running):
-            tasks = book.pop(worker, None)
-            if not tasks:
-                continue
-            for task in tasks.values():
-                task.stage = NOWHERE
-                labels = self.label_of(task)
-                self.orphaned[labels] = self.orphaned.get(labels, 0) + 1
+        for task in self.held.pop(worker, {}).values():
+            task.stage = NOWHERE
+            labels = self.label_of(task)
+            self.orphaned[labels] = self.orphaned.get(labels, 0) + 1
 
     def worker_offline(self, worker: str) -> None:
         """A clean shutdown: what it still held went back to the broker, orphaned nothing."""
-        for book in (self.reserved, self.running):
-            for task in book.pop(worker, {}).values():
-                task.stage = NOWHERE
+        for task in self.held.pop(worker, {}).values():
+            task.stage = NOWHERE
 
     # -- forgetting labels -----------------------------------------------------
 
@@ -133,17 +131,22 @@ class TaskStages:
                 first = next(iter(tasks.values()))
                 oldest_pending[queue] = max(0.0, now - first.since)
         oldest_running: dict[Labels, float] = {}
+        reserved: dict[str | None, int] = {}
         label_of = self.label_of
-        for tasks in self.running.values():
+        for worker, tasks in self.held.items():
+            count = 0
             for task in tasks.values():
+                if task.stage == RESERVED:
+                    count += 1
+                    continue
                 labels = label_of(task)
                 age = now - task.since
                 if age > oldest_running.get(labels, -1.0):
                     oldest_running[labels] = age
-        reserved = self.reserved
+            reserved[worker] = count
         return StageSnapshot(
             oldest_pending=oldest_pending,
             oldest_running={labels: max(0.0, age) for labels, age in oldest_running.items()},
             orphaned=dict(self.orphaned),
-            reserved={worker: len(reserved.get(worker, ())) for worker in workers},
+            reserved={worker: reserved.get(worker, 0) for worker in workers},
         )

@@ -286,7 +286,11 @@ class TaskEvents:
         task = self.tracker.get_or_add(task_id)
         task.started = number(event.get("timestamp"))
         hostname = event.get("hostname")
-        self._enter(task_id, task, RUNNING, hostname if type(hostname) is str else None, now)
+        if task.stage == RESERVED and task.where == hostname:  # started where received
+            task.stage = RUNNING
+            task.since = now
+        else:
+            self._enter(task_id, task, RUNNING, hostname if type(hostname) is str else None, now)
         if task.settled or not self._held(task_id, task, "task-started", None, now):
             labels = self.labels("task-started", task)
             counter = self._started
