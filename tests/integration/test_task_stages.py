@@ -104,3 +104,20 @@ def test_sigkilled_worker_orphans_the_task_it_was_running(redis_server, fleet):
     assert m.get("celery_worker_lost_total") == 1
     assert m.get("celery_task_oldest_running_seconds", **key) is None  # no longer running
     assert m.get("celery_worker_tasks_reserved", worker=doomed.nodename) == 0
+
+
+def test_inspect_against_an_unreachable_broker_counts_failures_and_never_slows_a_scrape():
+    exporter = ExporterProcess("redis://127.0.0.1:1/0", "--inspect-interval", "1",
+                               "--inspect-timeout", "1")
+    exporter.start(wait_ready=False)  # no broker answers: serving, never ready
+    try:
+        m = eventually(lambda: (m := exporter.scrape()).get(
+            "celery_stalk_inspect_failures_total", default=0) >= 2 and m, 30,
+            message=f"inspect failures counted\n{exporter.output()}")
+        assert m.get("celery_stalk_inspect_last_success_timestamp_seconds") is None
+        assert "celery_worker_concurrency{" not in m.text
+        started = time.monotonic()
+        exporter.scrape()
+        assert time.monotonic() - started < 1.0  # the broadcast runs on its own thread
+    finally:
+        exporter.stop()
