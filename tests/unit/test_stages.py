@@ -226,12 +226,23 @@ def test_forgotten_queue_drops_its_pending_tasks_and_orphan_counts():
     assert snap.oldest_pending == {"q2": 0.0}
 
 
+def test_task_ending_while_its_events_are_held_leaves_its_stage():
+    m = model()
+    # No task-sent, no route: its events held for queue_hold, then released, ending with a
+    # rejection (requeued: back in its queue until then).
+    m.apply_many([ev.received("a", "app.unrouted", hostname=W1),
+                  ev.rejected("a", requeue=True, hostname=W1)], 100.0)
+    m.tick(100.0 + m.settings.queue_hold)
+    assert len(m.tracker) == 0
+    assert not any(m.stages.held.values()) and not any(m.stages.pending.values())
+
+
 def test_task_metrics_from_workers_leaves_the_stages_empty():
     m = Model(count_task_events=False)
     m.apply_many([ev.heartbeat(W1), ev.sent("a", "app.a", "work"),
                   ev.received("a", "app.a", hostname=W1)], 100.0)
     snap = m.stage_snapshot(200.0)
-    assert (snap.oldest_pending, snap.oldest_running, snap.reserved) == ({}, {}, {W1: 0})
+    assert (snap.oldest_pending, snap.oldest_running, snap.reserved) == ({}, {}, {})
 
 
 @pytest.mark.parametrize("end", [ev.succeeded, ev.failed, ev.revoked, ev.rejected])

@@ -97,7 +97,8 @@ CATALOG: dict[str, Metric] = {
                "Tasks the worker is executing, from the active field of its last heartbeat."),
         Metric("celery_worker_tasks_reserved", "gauge", ("worker",),
                "Tasks the worker has received (task-received) and not started: prefetched, "
-               "including those waiting for an ETA or countdown."),
+               "including those waiting for an ETA or countdown. From task events (not emitted "
+               "with --task-metrics-source workers: the workers serve their own)."),
         Metric("celery_worker_concurrency", "gauge", ("worker",),
                "The worker's pool size (max-concurrency), from Celery's inspect stats "
                "(every --inspect-interval). Absent for a worker that did not answer."),

@@ -211,7 +211,12 @@ class Model:
     def stage_snapshot(self, now: float) -> StageSnapshot:
         """Pending age per queue, longest runs, orphans, reserved per known worker."""
         with self._lock:
-            return self.stages.snapshot(now, self.workers.workers)
+            return self._stages(now)
+
+    def _stages(self, now: float) -> StageSnapshot:
+        # Without task events (the workers serve task metrics) nothing is reserved as far
+        # as we know: no count rather than a 0 beside the workers' own.
+        return self.stages.snapshot(now, self.workers.workers if self.counts_task_events else ())
 
     def beat_snapshot(self) -> BeatSnapshot:
         with self._lock:
@@ -242,7 +247,7 @@ class Model:
         with self._lock:
             parts = (self.ledger.snapshot(), self.workers.snapshot(now), self._health(),
                      self.workflows.snapshot(now), self.beat.snapshot(),
-                     self.stages.snapshot(now, self.workers.workers))
+                     self._stages(now))
         values = {f.name: getattr(part, f.name) for part in parts for f in dataclasses.fields(part)}
         return Snapshot(now=now, **values)
 

@@ -144,6 +144,7 @@ class TaskEvents:
             self._count(kind, labels, detail)
         if _ends(held):  # it ended while held
             self.tracker.pop(task_id)
+            self.stages.leave(task_id, task)
             self.ended.add(task_id)
             kind, detail = next(item for item in reversed(held) if item[0] in ENDS)
             self._left_workflow(task_id, task, kind, detail, {}, now)
