@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from . import __version__
 from .brokers import QueueReader, reader_for
-from .collectors import Exporter, QueueCollector, WebCollector, model_collectors
+from .capacity import CapacityPoller, broker_stats
+from .collectors import CapacityCollector, Exporter, QueueCollector, WebCollector, model_collectors
 from .config import Config, redact
 from .http import build_app, serve
 from .model import Model
@@ -125,13 +126,17 @@ def run(config: Config, beat_entries: list | None = None, beat_timezone: str = "
     stopping = threading.Event()
     discovery = QueueDiscovery(reader, model, config.queue_discovery_interval, stopping)
     schedule = redbeat_refresher(config, model, beat_timezone, stopping) if follows_tasks else None
+    capacity = None
+    if config.inspect_interval > 0:
+        capacity = CapacityPoller(broker_stats(config), config.inspect_interval,
+                                  config.inspect_timeout, config.model.max_workers)
 
     web_stats = WebStats()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Exporter(
-        [*model_collectors(model, source_state), QueueCollector(model, reader), WebCollector(web_stats)],
-        __version__,
-    ))
+    parts = [*model_collectors(model, source_state), QueueCollector(model, reader)]
+    if capacity is not None:
+        parts.append(CapacityCollector(capacity))
+    registry.register(Exporter([*parts, WebCollector(web_stats)], __version__))
 
     def ready() -> tuple[bool, str]:
         if stopping.is_set():
@@ -174,6 +179,9 @@ def run(config: Config, beat_entries: list | None = None, beat_timezone: str = "
     discovery.thread.start()
     if schedule is not None:
         schedule.thread.start()
+    if capacity is not None:
+        threading.Thread(target=capacity.run, args=(stopping,), name="celery-stalk-inspect",
+                         daemon=True).start()
     http_thread = threading.Thread(target=server.serve_forever, name="celery-stalk-http", daemon=True)
     http_thread.start()
     log.info(

@@ -51,6 +51,8 @@ class Config:
     events_stall_timeout: float
     queue_read_timeout: float
     queue_discovery_interval: float
+    inspect_interval: float  # 0: off
+    inspect_timeout: float
     task_metrics_source: str  # events | workers
     web: webconfig.WebConfig
     web_max_connections: int
@@ -175,6 +177,14 @@ class Parser:
             flag = f"--{option.flag}"
             self._fail(f"{flag}: {raw!r} is not a positive number of seconds, e.g. {flag} 30")
             return 1.0
+
+    def interval(self, option, raw: str) -> float:
+        try:
+            return options.interval(raw)
+        except (TypeError, ValueError):
+            flag = f"--{option.flag}"
+            self._fail(f"{flag}: {raw!r} is not a number of seconds >= 0 (0: off), e.g. {flag} 60")
+            return 0.0
 
     def count(self, option, raw: str) -> int:
         minimum = option.arg or 1

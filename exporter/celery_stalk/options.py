@@ -115,6 +115,11 @@ OPTIONS: tuple[Option, ...] = (
            "celery_stalk_broker_up 0.", "seconds", "2"),
     Option("queue-discovery-interval", "Seconds between scans for queues the broker knows "
            "(Redis bindings).", "seconds", "60"),
+    Option("inspect-interval", "Seconds between Celery inspect stats broadcasts, which give each "
+           "worker's pool size (celery_worker_concurrency) and prefetch count; 0: never ask. Run "
+           "on a loop of their own: scrapes serve the last answer.", "interval", "60"),
+    Option("inspect-timeout", "Seconds an inspect stats broadcast waits for the workers' replies "
+           "(a worker slower than that is missing from that round).", "seconds", "5"),
     Option("task-metrics-source", "events: count task metrics from Celery task events; workers: "
            "the workers serve them (celery_stalk.worker.install), so task events are not counted "
            "here and nothing is counted twice; queue depth and the worker view stay.", "choice",
@@ -172,7 +177,15 @@ def buckets(text: str) -> tuple[float, ...]:
     return values
 
 
-SIMPLE_KINDS = {"seconds": seconds, "count": count, "buckets": buckets}
+def interval(text: str) -> float:
+    """Seconds between runs of something that can be turned off: 0 is off."""
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(text)
+    return value
+
+
+SIMPLE_KINDS = {"seconds": seconds, "count": count, "buckets": buckets, "interval": interval}
 
 
 def default(dest: str):

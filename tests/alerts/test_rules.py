@@ -137,8 +137,10 @@ def test_shipped_windows_page_as_fast_as_the_runbook_says():
     # periodic run is counted --beat-grace after its due time)
     assert {r["alert"] for r in alerting_rules() if "for" not in r} == {
         "CeleryWorkerLost", "CeleryTaskTimeLimitHit", "CeleryBeatRunMissed",
-        "CeleryBeatDuplicateRuns"}
+        "CeleryBeatDuplicateRuns", "CeleryTaskOrphaned"}
     assert 60 + scrape + d["beat_down_for"] <= 420  # beat down: 7 minutes after a due time
+    # orphans page for as long as the lost worker that made them
+    assert d["orphaned_window"] == d["worker_lost_window"]
 
 
 def test_every_symptom_alert_is_aggregated_over_replicas_and_guarded_on_up():

@@ -68,7 +68,9 @@ def stack(rabbitmq_server):
         flags = ("--worker-timeout", str(WORKER_TIMEOUT), "--worker-ttl", str(WORKER_TTL),
                  # the beat schedule from RedBeat's keys; workflows settled in a second
                  "--redbeat-key-prefix", "redbeat:", "--beat-refresh-interval", "1",
-                 "--workflow-settle", "1")
+                 "--workflow-settle", "1",
+                 # worker concurrency for the utilisation panels and rules: a round every 2 s
+                 "--inspect-interval", "1", "--inspect-timeout", "1")
         pair = [start(ExporterProcess(redis.url, *flags)) for _ in range(2)]
         amqp_exporter = start(ExporterProcess(rabbitmq_server.url, "--queue", "work"))
         webhook = start(Webhook())
@@ -237,13 +239,17 @@ def test_fault_matrix_pages_once_per_fault_in_time_and_never_from_the_dead(stack
 
 
 # What one send_traffic() adds up to, once the worker is done with it.
-WAVE = {"succeeded": 10, "failed": 7, "retried": 1, "rejected": 1, "revoked": 1}
+WAVE = {"succeeded": 12, "failed": 7, "retried": 1, "rejected": 1, "revoked": 1}
 
 
 def send_traffic(broker: str) -> None:
     """Tasks that succeed, fail in several ways, retry, hit a time limit, are rejected and
     revoked: one of each thing a panel shows."""
     producer = make_app(broker)
+    # Both pool slots of a 2-process worker busy for 2 s: a task seen running, and tasks
+    # waiting in the queue (sent, not received) behind them.
+    for _ in range(2):
+        producer.send_task("tests.sleep", args=(2,))
     for i in range(6):
         producer.send_task("tests.add", args=(i, i))
     producer.send_task("tests.flaky", args=(1,))  # one retry, then success

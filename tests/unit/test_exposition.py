@@ -16,7 +16,9 @@ from prometheus_client.exposition import choose_encoder
 
 from celery_stalk import __version__, exposition
 from celery_stalk.brokers import QueueDepth
-from celery_stalk.collectors import CATALOG, Exporter, QueueCollector, WebCollector, model_collectors
+from celery_stalk.capacity import CapacityPoller
+from celery_stalk.collectors import (CATALOG, CapacityCollector, Exporter, QueueCollector,
+                                     WebCollector, model_collectors)
 from celery_stalk.exposition import SeriesCounter, SeriesHistogram
 from celery_stalk.model import BeatEntry, HistogramView, Model, ModelSettings
 from celery_stalk.sources import SourceState
@@ -53,8 +55,15 @@ def render(model: Model, reader, now: float = 2000.0) -> str:
     registry = CollectorRegistry(auto_describe=False)
     source = SourceState()
     source.connected()
+    # Two workers answered inspect stats at 1990.
+    capacity = CapacityPoller(lambda timeout: {
+        "w1@host-a": {"pool": {"max-concurrency": 4}, "prefetch_count": 16},
+        "w2@host-b": {"pool": {"max-concurrency": 2}, "prefetch_count": 8},
+    }, interval=60, timeout=1, max_workers=10, clock=lambda: 1990.0)
+    capacity.poll()
     exporter = Exporter([*model_collectors(model, source, clock=lambda: now),
-                         QueueCollector(model, reader), WebCollector(WebStats())],
+                         QueueCollector(model, reader), CapacityCollector(capacity),
+                         WebCollector(WebStats())],
                         __version__, clock=lambda: 0.0)
     registry.register(exporter)
     return generate_latest(registry).decode()
@@ -75,6 +84,14 @@ def busy_model() -> Model:
         ev.failed("t3", exception="PaymentDeclined('card 4111 declined')"),
         ev.succeeded("ghost"),
         {"type": "task-started"},
+        # Running on w1 from 1000; reserved on w2, orphaned when w2 is lost.
+        ev.sent("t4", "app.slow", "work"),
+        ev.received("t4", "app.slow", hostname="w1@host-a"),
+        ev.started("t4", hostname="w1@host-a"),
+        ev.sent("t5", "app.charge", "billing"),
+        ev.received("t5", "app.charge", hostname="w2@host-b"),
+        ev.sent("t6", "app.slow", "work"),
+        ev.received("t6", "app.slow", hostname="w1@host-a"),  # prefetched
     ]
     model.apply_many(events, 1000.0)
     model.set_beat_schedule([BeatEntry("nightly-report", "app.report", "()", "{}",

@@ -2,6 +2,7 @@
 
 One collector per file, each reading its own part of the model (or the broker)
 and nothing kept between scrapes: tasks.py, workers.py, workflows.py, beat.py,
+stages.py (tasks pending, reserved, running, orphaned), capacity.py (inspect stats),
 queues.py, exporter.py (the exporter's own health) and web.py (the HTTP server's).
 Exporter runs them in turn and reports each one's success and duration, so one
 failing part does not hide the others. The catalog of every metric is catalog.py.
@@ -16,25 +17,27 @@ from typing import Callable, Iterable
 from prometheus_client.core import Metric as Family
 
 from .beat import BeatCollector
+from .capacity import CapacityCollector
 from .catalog import CATALOG, family
 from .exporter import ExporterCollector
 from .queues import CollectorFailed, QueueCollector
+from .stages import StageCollector
 from .tasks import TaskCollector
 from .web import WebCollector
 from .workers import WorkerCollector
 from .workflows import WorkflowCollector
 
-__all__ = ["CATALOG", "BeatCollector", "CollectorFailed", "Exporter", "ExporterCollector",
-           "QueueCollector", "TaskCollector", "WebCollector", "WorkerCollector",
-           "WorkflowCollector", "model_collectors"]
+__all__ = ["CATALOG", "BeatCollector", "CapacityCollector", "CollectorFailed", "Exporter",
+           "ExporterCollector", "QueueCollector", "StageCollector", "TaskCollector",
+           "WebCollector", "WorkerCollector", "WorkflowCollector", "model_collectors"]
 
 log = logging.getLogger(__name__)
 
 
 def model_collectors(model, source, clock: Callable[[], float] = time.time) -> list:
     """The collectors that read the model and the event source, in exposition order."""
-    return [TaskCollector(model), WorkerCollector(model, clock), WorkflowCollector(model, clock),
-            BeatCollector(model), ExporterCollector(model, source)]
+    return [TaskCollector(model), StageCollector(model, clock), WorkerCollector(model, clock),
+            WorkflowCollector(model, clock), BeatCollector(model), ExporterCollector(model, source)]
 
 
 class Exporter:

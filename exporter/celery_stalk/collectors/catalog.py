@@ -30,6 +30,10 @@ class Metric:
 _TASK = ("task", "queue")
 
 
+# Task series only the exporter can tell, from the whole fleet's events (a worker cannot
+# see its own loss): instrumented workers do not serve them.
+FLEET_TASK_METRICS = ("celery_task_oldest_running_seconds", "celery_task_orphaned_total")
+
 # Events that end a run of a task (README, "Failures, rejections and retries").
 _ENDS = ("task-succeeded", "task-failed", "task-revoked", "task-rejected")
 
@@ -60,6 +64,19 @@ CATALOG: dict[str, Metric] = {
                "Seconds from task-sent (or the task's ETA/countdown, if later) to task-started, "
                "once per run: a retry from its own task-sent, a requeued message from its "
                "task-rejected; observed only for tasks whose task-sent event was seen."),
+        Metric("celery_task_oldest_running_seconds", "gauge", _TASK,
+               "Seconds the longest-running task of this name and queue has run so far: since "
+               "the exporter received its task-started, with no end (succeeded, failed, "
+               "revoked, rejected) or retry seen since. Absent when none runs."),
+        Metric("celery_task_orphaned_total", "counter", _TASK,
+               "Tasks reserved (task-received) or running (task-started) on a worker that was "
+               "then lost (silent past --worker-timeout, no worker-offline): they will be "
+               "redelivered, or are gone. A clean shutdown orphans nothing."),
+        Metric("celery_queue_oldest_pending_seconds", "gauge", ("queue",),
+               "Seconds the oldest task sent to the queue has waited for a worker: since the "
+               "exporter received its task-sent (needs task_send_sent_event), with no "
+               "task-received seen since. Absent when none waits; tasks past "
+               "--max-tracked-tasks are not followed."),
         Metric("celery_queue_messages", "gauge", ("queue",),
                "Ready messages in the broker queue: Redis LLEN of the list and its priority "
                "sub-lists, RabbitMQ passive queue.declare."),
@@ -78,6 +95,18 @@ CATALOG: dict[str, Metric] = {
                "the worker (exporter's clock)."),
         Metric("celery_worker_tasks_active", "gauge", ("worker",),
                "Tasks the worker is executing, from the active field of its last heartbeat."),
+        Metric("celery_worker_tasks_reserved", "gauge", ("worker",),
+               "Tasks the worker has received (task-received) and not started: prefetched, "
+               "including those waiting for an ETA or countdown. From task events (not emitted "
+               "with --task-metrics-source workers: the workers serve their own)."),
+        Metric("celery_worker_concurrency", "gauge", ("worker",),
+               "The worker's pool size (max-concurrency), from Celery's inspect stats "
+               "(every --inspect-interval). Absent for a worker that did not answer."),
+        Metric("celery_worker_prefetch_limit", "gauge", ("worker",),
+               "The most messages the worker takes before it acks any (Celery's prefetch_count: "
+               "concurrency x worker_prefetch_multiplier, as it stands now), from Celery's "
+               "inspect stats (every --inspect-interval). Named _limit, not _count: a gauge "
+               "ending in _count reads as part of a histogram."),
         Metric("celery_workers", "gauge", (),
                "Workers currently up (celery_worker_up == 1)."),
         Metric("celery_worker_lost_total", "counter", (),
@@ -175,6 +204,13 @@ CATALOG: dict[str, Metric] = {
         Metric("celery_stalk_beat_schedule_up", "gauge", (),
                "1 if the last read of the beat schedule (RedBeat's keys) succeeded, else 0 (the "
                "schedule read before is kept). Absent when the schedule comes from the app."),
+        Metric("celery_stalk_inspect_last_success_timestamp_seconds", "gauge", (),
+               "When the last inspect stats broadcast (celery_worker_concurrency, "
+               "celery_worker_prefetch_limit) got its answer (exporter's clock). Absent until "
+               "the first one; not emitted with --inspect-interval 0."),
+        Metric("celery_stalk_inspect_failures_total", "counter", (),
+               "Inspect stats broadcasts that failed (broker unreachable or refused); the "
+               "last answer is kept."),
         Metric("celery_stalk_broker_up", "gauge", (),
                "1 if this scrape's queue depth read from the broker succeeded, else 0."),
         Metric("celery_stalk_events_connected", "gauge", (),

@@ -111,7 +111,7 @@ class Names:
 
 
 def recording_rules(c: Config) -> list[Recording]:
-    from . import beat, workflows  # their rules read helpers of this module
+    from . import beat, inflight, workflows  # their rules read helpers of this module
 
     n = Names(c)
     limits = _sel(c, "celery_task_exceptions_total", f'exception=~"{TIME_LIMIT_EXCEPTIONS}"')
@@ -127,6 +127,7 @@ histogram_quantile(0.95,
 )"""),
         *beat.recording_rules(c),
         *workflows.recording_rules(c),
+        *inflight.recording_rules(c),
     ]
     windows = dict.fromkeys((c.failure_fast_window, c.failure_slow_short_window,
                              c.failure_slow_window))
@@ -172,7 +173,7 @@ or
 
 
 def alerts(c: Config) -> list[Alert]:
-    from . import beat, workflows  # their alerts read helpers of this module
+    from . import beat, inflight, workflows  # their alerts read helpers of this module
 
     n = Names(c)
     fast, slow, short = c.failure_fast_window, c.failure_slow_window, c.failure_slow_short_window
@@ -651,6 +652,7 @@ unless
                 "`SoftTimeLimitExceeded` in the task to clean up before the hard limit."
             ),
         ),
+        *inflight.alerts(c),
         *beat.alerts(c),
         *workflows.alerts(c),
     ]

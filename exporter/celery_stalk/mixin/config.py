@@ -109,6 +109,20 @@ class Config:
     time_limit_lookback: str = "1m"
     time_limit_window: str = "5m"
 
+    # A task running (started, not finished) longer than this pages, after for:. Above
+    # the longest run any task legitimately takes.
+    task_stuck_after: str = "1h"
+    task_stuck_for: str = "2m"
+    # Orphans (tasks on a worker that was lost) are seen as the time-limit hits are, and
+    # keep the alert firing for the window (as long as a lost worker's page).
+    orphaned_lookback: str = "1m"
+    orphaned_window: str = "15m"
+    # Saturated: workers busy to this share of their concurrency while the total backlog
+    # trends up over the window, for for:.
+    saturation_ratio: float = 0.9
+    saturation_window: str = "10m"
+    saturation_for: str = "10m"
+
     # A duplicate periodic run keeps its alert firing this long.
     beat_duplicate_window: str = "15m"
     # Beat is down when a run was missed and no entry has run since, for for: (long enough
@@ -143,7 +157,8 @@ class Config:
         found = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name.endswith(("_for", "_window", "_settle", "_lookback", "_refresh", "_floor")):
+            if f.name.endswith(("_for", "_window", "_settle", "_lookback", "_refresh", "_floor",
+                                "_after")):
                 try:
                     if seconds(value) <= 0:
                         found.append(f"{f.name}: {value!r} must be longer than 0s")
@@ -165,7 +180,8 @@ class Config:
             return found
         for short, long in (("backlog_short_window", "backlog_window"),
                             ("failure_slow_short_window", "failure_slow_window"),
-                            ("time_limit_lookback", "time_limit_window")):
+                            ("time_limit_lookback", "time_limit_window"),
+                            ("orphaned_lookback", "orphaned_window")):
             if seconds(getattr(self, short)) > seconds(getattr(self, long)):
                 found.append(f"{short}: {getattr(self, short)} must not be longer than "
                              f"{long} ({getattr(self, long)})")
@@ -204,6 +220,12 @@ TEST = replace(
     failure_slow_for="30s",
     time_limit_lookback="3s",
     time_limit_window="10s",
+    task_stuck_after="20s",
+    task_stuck_for="5s",
+    orphaned_lookback="3s",
+    orphaned_window="10s",
+    saturation_window="20s",
+    saturation_for="10s",
     beat_duplicate_window="30s",
     beat_down_for="10s",
     workflow_failure_window="20s",

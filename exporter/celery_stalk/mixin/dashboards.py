@@ -67,6 +67,24 @@ def or_zero(expr: str) -> str:
     return f"({expr}) or vector(0)"
 
 
+# Utilisation: tasks executing (heartbeats) over pool size (inspect stats), for workers
+# whose pool size is known; per worker, and for the fleet.
+# Functions, not constants: once() reads the replica labels set by dashboards().
+def worker_utilisation() -> str:
+    active, slots = _capacity()
+    return f"sum by (worker) ({active}) / sum by (worker) ({slots})"
+
+
+def fleet_utilisation() -> str:
+    active, slots = _capacity()
+    return f"sum({active} and {slots}) / sum({slots})"
+
+
+def _capacity() -> tuple[str, str]:
+    return (gauge("celery_worker_tasks_active", WORKER_LABELS),
+            gauge("celery_worker_concurrency", WORKER_LABELS))
+
+
 # Worker state for state timelines and tables: 1 up, 0 shut down cleanly, 2 lost.
 _UP, _OFFLINE = sel("celery_worker_up", WORKER_LABELS), sel("celery_worker_offline", WORKER_LABELS)
 WORKER_STATE = f"max by (worker) ({_UP} + 2 * (1 - {_UP}) * (1 - {_OFFLINE}))"
@@ -220,6 +238,9 @@ def overview() -> tuple[str, list[dict]]:
         timeseries("Tasks executing by worker", "From the active field of worker heartbeats.",
                    [target(f"sum by (worker) ({gauge('celery_worker_tasks_active', WORKER_LABELS)})",
                            "{{worker}}")]),
+        timeseries("Fleet utilisation", "Tasks executing over pool slots (concurrency from "
+                   "inspect stats), over the workers whose pool size is known.",
+                   [target(fleet_utilisation(), "fleet")], "percentunit"),
         *exporter_health(),
     ]
 
@@ -296,6 +317,14 @@ def task() -> tuple[str, list[dict]]:
                    [target(failure_ratio("task"), "{{task}}")], "percentunit"),
         timeseries("Queue wait", "Time from task-sent (or ETA) to task-started.",
                    quantiles("celery_task_queue_wait_seconds", "task"), "s", w=24),
+        timeseries("Longest running (stuck tasks)", "How long the longest-running unfinished "
+                   "task of each name has run: a line that keeps climbing is a task that does "
+                   "not end.", [target(f"max by (task, queue) ("
+                                       f"{gauge('celery_task_oldest_running_seconds', TASK_LABELS)})",
+                                       "{{task}} ({{queue}})")], "s"),
+        stat("Orphaned in the time range", "Tasks running or prefetched on a worker that "
+             "was lost (silent, no clean shutdown).",
+             or_zero(f"sum({increase('celery_task_orphaned_total', TASK_LABELS)})")),
         table("Totals in the time range", "Events per task and queue in the time range.", {
             "sent": totals("celery_task_sent_total"),
             "succeeded": totals("celery_task_succeeded_total"),
@@ -327,6 +356,12 @@ def queue() -> tuple[str, list[dict]]:
                        target(by_queue("celery_task_received_total"), "{{queue}} received"),
                        target(by_queue("celery_task_started_total"), "{{queue}} started"),
                    ], "ops"),
+        timeseries("Oldest pending", "Seconds the oldest task sent to the queue has waited "
+                   "for a worker (task-sent seen, no task-received yet): grows with the clock "
+                   "while nothing takes from the queue.",
+                   [target(f"max by (queue) ("
+                           f"{gauge('celery_queue_oldest_pending_seconds', QUEUE_LABELS)})",
+                           "{{queue}}")], "s"),
         timeseries("Backlog trend", "Change of the queue depth per minute: above zero, tasks "
                    "arrive faster than workers take them.",
                    [target(f"sum by (queue) ({once(deriv_messages)}) * 60", "{{queue}}")]),
@@ -358,10 +393,19 @@ def worker() -> tuple[str, list[dict]]:
                            "{{worker}}")]),
         timeseries("Heartbeat age", "Seconds since the exporter last heard from the worker.",
                    [target(HEARTBEAT_AGE, "{{worker}}")], "s"),
+        timeseries("Utilisation", "Tasks executing (heartbeats) over pool slots (concurrency "
+                   "from inspect stats).", [target(worker_utilisation(), "{{worker}}")],
+                   "percentunit"),
+        timeseries("Reserved (prefetched)", "Tasks the worker received and has not started.",
+                   [target(f"sum by (worker) ("
+                           f"{gauge('celery_worker_tasks_reserved', WORKER_LABELS)})",
+                           "{{worker}}")]),
         table("Workers", "Each worker's state, tasks executing and heartbeat age.", {
             "state": WORKER_STATE,
             "executing": f"max by (worker) ({sel('celery_worker_tasks_active', WORKER_LABELS)})",
             "heartbeat age": HEARTBEAT_AGE,
+            "concurrency": f"max by (worker) ({sel('celery_worker_concurrency', WORKER_LABELS)})",
+            "reserved": f"max by (worker) ({sel('celery_worker_tasks_reserved', WORKER_LABELS)})",
         }),
     ]
 

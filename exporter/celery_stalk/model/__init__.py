@@ -32,6 +32,7 @@ from .labels import MAX_LABEL_LENGTH, OTHER, UNKNOWN, LabelCap, exception_class,
 from .ledger import TASK_EVENTS, HistogramView, TaskLedger, TaskSnapshot
 from .routes import TaskRoutes
 from .settings import ModelSettings
+from .stages import StageSnapshot
 from .tasks import TaskEvents
 from .tracker import TaskTracker
 from .workers import WORKER_EVENTS, WorkerRegistry, WorkerSnapshot, WorkerView
@@ -39,7 +40,7 @@ from .workflows import WorkflowSnapshot, WorkflowTracker
 
 __all__ = [
     "BAD_VALUE", "MAX_DURATION", "MAX_LABEL_LENGTH", "MISSING_FIELD", "MISSING_TYPE",
-    "BeatEntry", "BeatSnapshot", "WorkflowSnapshot",
+    "BeatEntry", "BeatSnapshot", "StageSnapshot", "WorkflowSnapshot",
     "NOT_AN_OBJECT", "OTHER", "TASK_EVENTS", "UNKNOWN", "WORKER_EVENTS", "HistogramView",
     "LabelCap", "Model", "ModelSettings", "Snapshot", "TaskRoutes", "WorkerView",
     "exception_class", "label_value",
@@ -62,7 +63,8 @@ class HealthSnapshot:
 
 
 @dataclass
-class Snapshot(TaskSnapshot, WorkerSnapshot, HealthSnapshot, WorkflowSnapshot, BeatSnapshot):
+class Snapshot(TaskSnapshot, WorkerSnapshot, HealthSnapshot, WorkflowSnapshot, BeatSnapshot,
+               StageSnapshot):
     """The whole model at one instant (tests; collectors take the parts they need)."""
 
     now: float = 0.0
@@ -86,6 +88,9 @@ class Model:
         self.tasks = TaskEvents(self.ledger, self.tracker, task_routes, s, self.workflows,
                                 self.beat)
         self.workers = WorkerRegistry(s)
+        self.stages = self.tasks.stages
+        self.workers.on_lost.append(self.stages.worker_lost)
+        self.workers.on_offline.append(self.stages.worker_offline)
         self._lock = threading.Lock()
         self._events: dict[str, int] = {}
         self._invalid: dict[str, int] = {}
@@ -203,6 +208,16 @@ class Model:
         with self._lock:
             return self.workflows.snapshot(now)
 
+    def stage_snapshot(self, now: float) -> StageSnapshot:
+        """Pending age per queue, longest runs, orphans, reserved per known worker."""
+        with self._lock:
+            return self._stages(now)
+
+    def _stages(self, now: float) -> StageSnapshot:
+        # Without task events (the workers serve task metrics) nothing is reserved as far
+        # as we know: no count rather than a 0 beside the workers' own.
+        return self.stages.snapshot(now, self.workers.workers if self.counts_task_events else ())
+
     def beat_snapshot(self) -> BeatSnapshot:
         with self._lock:
             return self.beat.snapshot()
@@ -231,7 +246,8 @@ class Model:
     def snapshot(self, now: float) -> Snapshot:
         with self._lock:
             parts = (self.ledger.snapshot(), self.workers.snapshot(now), self._health(),
-                     self.workflows.snapshot(now), self.beat.snapshot())
+                     self.workflows.snapshot(now), self.beat.snapshot(),
+                     self._stages(now))
         values = {f.name: getattr(part, f.name) for part in parts for f in dataclasses.fields(part)}
         return Snapshot(now=now, **values)
 

@@ -29,6 +29,7 @@ from .labels import UNKNOWN, exception_class, label_value
 from .ledger import Labels, TaskLedger
 from .routes import TaskRoutes
 from .settings import ModelSettings
+from .stages import PENDING, RESERVED, RUNNING, TaskStages
 from .tracker import RecentIds, TaskTracker, TrackedTask
 from .workflows import REJECTED, REVOKED, WorkflowTracker
 
@@ -77,6 +78,12 @@ class TaskEvents:
         self.unsent_names: set[str] = set()
         ledger.on_forget_task.append(self._forget_task)
         ledger.on_forget_queue.append(self._forget_queue)
+        # Where each task in flight is (pending, reserved, running): stages.py.
+        self.stages = TaskStages(self.label_of)
+        self._enter = self.stages.enter  # the events path
+        tracker.on_evict = self.stages.evict
+        ledger.on_forget_task.append(self.stages.forget_task)
+        ledger.on_forget_queue.append(self.stages.forget_queue)
 
     def handlers(self) -> dict:
         return {
@@ -95,6 +102,15 @@ class TaskEvents:
         name = task.name if task is not None else None
         if name is None:
             self.ledger.count_unknown_name(kind)
+            return UNKNOWN, UNKNOWN
+        queue = task.queue or self.queue_of_name.get(name) or self.routes.queue_for(name)
+        return name, queue or UNKNOWN
+
+    def label_of(self, task: TrackedTask) -> Labels:
+        """(task, queue) labels of a tracked task, counting nothing: for the stages.
+        labels() is not built on it, to keep a call off the events path."""
+        name = task.name
+        if name is None:
             return UNKNOWN, UNKNOWN
         queue = task.queue or self.queue_of_name.get(name) or self.routes.queue_for(name)
         return name, queue or UNKNOWN
@@ -128,6 +144,7 @@ class TaskEvents:
             self._count(kind, labels, detail)
         if _ends(held):  # it ended while held
             self.tracker.pop(task_id)
+            self.stages.leave(task_id, task)
             self.ended.add(task_id)
             kind, detail = next(item for item in reversed(held) if item[0] in ENDS)
             self._left_workflow(task_id, task, kind, detail, {}, now)
@@ -216,6 +233,8 @@ class TaskEvents:
         labels = self.labels("task-sent", task)
         counter = self._sent
         counter[labels] = counter.get(labels, 0) + 1
+        if task.stage < RESERVED or run != task.run:  # else: the delivery seen came first
+            self._enter(task_id, task, PENDING, labels[1], now)
         if task.held is not None:  # the worker's first events beat this one
             self._release(task_id, task, now)
         if task.earlier_starts:  # even the next run was delivered before this one
@@ -246,6 +265,10 @@ class TaskEvents:
             task.earlier_starts[task.run] = task.started
         task.run = run_of(event)
         task.started = None  # this delivery has not started yet
+        # The worker's name, not checked as a label: only the registry's (checked)
+        # names are ever looked up with it.
+        hostname = event.get("hostname")
+        self._enter(task_id, task, RESERVED, hostname if type(hostname) is str else None, now)
         if task.settled or not self._held(task_id, task, "task-received", None, now):
             labels = self.labels("task-received", task)
             counter = self._received
@@ -263,6 +286,12 @@ class TaskEvents:
         self.ended.discard(task_id)
         task = self.tracker.get_or_add(task_id)
         task.started = number(event.get("timestamp"))
+        hostname = event.get("hostname")
+        if task.stage == RESERVED and task.where == hostname:  # started where received
+            task.stage = RUNNING
+            task.since = now
+        else:
+            self._enter(task_id, task, RUNNING, hostname if type(hostname) is str else None, now)
         if task.settled or not self._held(task_id, task, "task-started", None, now):
             labels = self.labels("task-started", task)
             counter = self._started
@@ -276,6 +305,8 @@ class TaskEvents:
         if task_id in self.ended:
             return  # a second end of the same run: applied, not counted again
         task = self.tracker.pop(task_id)
+        if task is not None and task.stage:
+            self.stages.leave(task_id, task)
         if task is not None and task.held is not None:
             self.tracker.put_back(task_id, task)  # until its held events are released
             if not _ends(task.held):
@@ -316,6 +347,8 @@ class TaskEvents:
     def on_retried(self, task_id: str, event: dict, now: float) -> str | None:
         # Not an end: the retry's own message is sent (and often received) already.
         task = self.tracker.get(task_id)
+        if task is not None and task.stage == RUNNING:  # the retry's task-sent not seen (yet)
+            self.stages.leave(task_id, task)
         if task is None or task.settled or not self._held(task_id, task, "task-retried",
                                                             None, now):
             self.ledger.count("task-retried", self.labels("task-retried", task))
@@ -331,6 +364,7 @@ class TaskEvents:
             at = number(event.get("timestamp"))
             if at is not None:
                 task.add_ready(task.run, at)
+            self.stages.enter(task_id, task, PENDING, self.label_of(task)[1], now)
         if task is None or task.settled or not self._held(task_id, task, "task-rejected",
                                                             None, now):
             self.ledger.count("task-rejected", self.labels("task-rejected", task))

@@ -13,7 +13,7 @@ class TrackedTask:
     """
 
     __slots__ = ("name", "queue", "settled", "run", "started", "earlier_starts", "ready_run",
-                 "ready", "more_ready", "held", "first")
+                 "ready", "more_ready", "held", "first", "stage", "where", "since")
 
     def __init__(self) -> None:
         self.name: str | None = None
@@ -36,6 +36,11 @@ class TrackedTask:
         # Its task-sent's timestamp, else its first task-received's: when a workflow it is
         # the root of started.
         self.first: float | None = None
+        # Its stage (stages.py): pending in a queue, reserved or running on a worker;
+        # where (the queue or worker) and since when (the exporter's clock).
+        self.stage = 0
+        self.where: str | None = None
+        self.since = 0.0
 
     def add_ready(self, run: int | None, at: float) -> None:
         if self.ready is None or self.ready_run == run:
@@ -65,13 +70,16 @@ class TaskTracker:
     ``old``. Every operation is O(1) and memory never exceeds the bound.
     """
 
-    __slots__ = ("half", "young", "old", "evicted")
+    __slots__ = ("half", "young", "old", "evicted", "on_evict")
 
     def __init__(self, max_tasks: int):
         self.half = max(1, max_tasks // 2)
         self.young: dict[str, TrackedTask] = {}
         self.old: dict[str, TrackedTask] = {}
         self.evicted = 0
+        # Told of each generation dropped (the stages forget its tasks): once per
+        # half of the bound, so O(1) per task still.
+        self.on_evict = None
 
     def get(self, task_id: str) -> TrackedTask | None:
         task = self.young.get(task_id)
@@ -84,6 +92,8 @@ class TaskTracker:
         if task is None:
             if len(self.young) >= self.half:
                 self.evicted += len(self.old)
+                if self.on_evict is not None and self.old:
+                    self.on_evict(self.old)
                 self.old = self.young
                 self.young = {}
             task = self.young[task_id] = TrackedTask()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 from .fields import MAX_HEARTBEAT_INTERVAL, gauge_int, label_refusal, number
 from .settings import ModelSettings
@@ -74,6 +75,10 @@ class WorkerRegistry:
         self.evicted = 0  # forgotten to make room for a new worker
         self.linked = False
         self.linked_since = 0.0
+        # Told the name of each worker declared lost, and of each that said
+        # worker-offline (the task stages: orphaned or handed back).
+        self.on_lost: list[Callable[[str], None]] = []
+        self.on_offline: list[Callable[[str], None]] = []
 
     def handlers(self) -> dict:
         return dict.fromkeys(WORKER_EVENTS, self.on_worker_event)
@@ -101,6 +106,8 @@ class WorkerRegistry:
         if worker.offline:
             self.down[hostname] = None
             self.down.move_to_end(hostname)
+            for listener in self.on_offline:
+                listener(hostname)
         else:
             self.down.pop(hostname, None)
         active, processed = gauge_int(event.get("active")), gauge_int(event.get("processed"))
@@ -176,6 +183,8 @@ class WorkerRegistry:
                 worker.lost = True
                 self.lost_total += 1
                 self.down[hostname] = None
+                for listener in self.on_lost:
+                    listener(hostname)
         for hostname in forget:
             self._forget(hostname)
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ..collectors.catalog import CATALOG, Metric
+from ..collectors.catalog import CATALOG, FLEET_TASK_METRICS, Metric
 
-TASK_METRICS = tuple(name for name in CATALOG if name.startswith("celery_task_"))
+TASK_METRICS = tuple(name for name in CATALOG
+                     if name.startswith("celery_task_") and name not in FLEET_TASK_METRICS)
 
 WORKER_CATALOG: dict[str, Metric] = {
     m.name: m
