@@ -396,6 +396,29 @@ def test_events_whose_sent_never_comes_are_counted_after_the_hold_and_not_held_a
     assert snap.tracked_tasks == 1
 
 
+def test_a_requeued_rejection_held_for_a_late_sent_is_no_end():
+    """Reject(requeue=True) while the task's events wait for its task-sent: the redelivery
+    that follows is the same task, still tracked, and its success is counted once."""
+    model = Model()
+    hold = model.settings.queue_hold
+    for event in [*run("t1", "app.requeued", 100.0),
+                  worker_event("task-rejected", "t1", 100.1, requeue=True)]:
+        model.apply(event, 100.1)
+    model.tick(100.1 + hold)  # released by the fallback rules: counted, not ended
+    snap = model.snapshot(100.1 + hold)
+    key = ("app.requeued", "unknown")
+    assert snap.counters["task-rejected"] == {key: 1}
+    assert snap.tracked_tasks == 1
+    later = 101.0 + hold
+    for event in [*run("t1", "app.requeued", later),
+                  worker_event("task-succeeded", "t1", later + 0.1, runtime=0.05)]:
+        model.apply(event, later + 0.1)
+    snap = model.snapshot(later + 0.1)
+    assert snap.counters["task-succeeded"] == {key: 1}
+    assert snap.counters["task-started"] == {key: 2}
+    assert snap.tracked_tasks == 0
+
+
 def test_a_known_name_or_a_route_is_never_held():
     model = Model(routes=(("app.routed", "fast"),))
     model.apply(sent("t0", "app.known", 99.0, queue="slow"), 99.0)

@@ -229,12 +229,21 @@ def test_forgotten_queue_drops_its_pending_tasks_and_orphan_counts():
 def test_task_ending_while_its_events_are_held_leaves_its_stage():
     m = model()
     # No task-sent, no route: its events held for queue_hold, then released, ending with a
-    # rejection (requeued: back in its queue until then).
+    # rejection.
     m.apply_many([ev.received("a", "app.unrouted", hostname=W1),
-                  ev.rejected("a", requeue=True, hostname=W1)], 100.0)
+                  ev.rejected("a", requeue=False, hostname=W1)], 100.0)
     m.tick(100.0 + m.settings.queue_hold)
     assert len(m.tracker) == 0
     assert not any(m.stages.held.values()) and not any(m.stages.pending.values())
+
+
+def test_a_requeued_rejection_while_held_puts_the_task_back_in_its_queue():
+    m = model()
+    m.apply_many([ev.received("a", "app.unrouted", hostname=W1),
+                  ev.rejected("a", requeue=True, hostname=W1)], 100.0)
+    m.tick(100.0 + m.settings.queue_hold)
+    assert len(m.tracker) == 1  # delivered again: no end
+    assert not any(m.stages.held.values()) and any(m.stages.pending.values())
 
 
 def test_task_metrics_from_workers_leaves_the_stages_empty():

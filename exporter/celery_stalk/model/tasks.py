@@ -38,6 +38,8 @@ from .workflows import REJECTED, REVOKED, WorkflowTracker
 REJECT = "Reject"
 ENDS = frozenset({"task-succeeded", "task-failed", "task-revoked", "task-rejected"})
 STARTS = frozenset({"task-received", "task-started"})
+# The detail a requeued task-rejected is held with: counted as a rejection, but no end.
+REQUEUED = "requeued"
 # A real task has a handful of events in a hold; a flood of events for one id is
 # counted at once rather than kept.
 MAX_HELD_EVENTS = 32
@@ -146,7 +148,7 @@ class TaskEvents:
             self.tracker.pop(task_id)
             self.stages.leave(task_id, task)
             self.ended.add(task_id)
-            kind, detail = next(item for item in reversed(held) if item[0] in ENDS)
+            kind, detail = next(item for item in reversed(held) if _is_end(*item))
             self._left_workflow(task_id, task, kind, detail, {}, now)
         return labels
 
@@ -366,7 +368,7 @@ class TaskEvents:
                 task.add_ready(task.run, at)
             self.stages.enter(task_id, task, PENDING, self.label_of(task)[1], now)
         if task is None or task.settled or not self._held(task_id, task, "task-rejected",
-                                                            None, now):
+                                                            REQUEUED, now):
             self.ledger.count("task-rejected", self.labels("task-rejected", task))
         return None
 
@@ -386,9 +388,14 @@ class TaskEvents:
 
 def _ends(held: list) -> bool:
     """Whether held events leave their task ended: an end not followed by a new delivery."""
-    for kind, _ in reversed(held):
-        if kind in ENDS:
+    for kind, detail in reversed(held):
+        if _is_end(kind, detail):
             return True
         if kind in STARTS:
             return False
     return False
+
+
+def _is_end(kind: str, detail) -> bool:
+    """A held event that ends its run: a requeued rejection is no end (it is delivered again)."""
+    return kind in ENDS and detail is not REQUEUED
