@@ -26,7 +26,7 @@ from .fields import (
     runnable_from,
 )
 from .labels import UNKNOWN, exception_class, label_value
-from .ledger import Labels, TaskLedger
+from .ledger import SENT_MISSING, Labels, TaskLedger
 from .routes import TaskRoutes
 from .settings import ModelSettings
 from .tracker import RecentIds, TaskTracker, TrackedTask
@@ -127,6 +127,8 @@ class TaskEvents:
         for kind, detail in held:
             self._count(kind, labels, detail)
         if _ends(held):  # it ended while held
+            if not task.settled:  # and its task-sent did not come
+                self.ledger.count(SENT_MISSING, labels)
             self.tracker.pop(task_id)
             self.ended.add(task_id)
             kind, detail = next(item for item in reversed(held) if item[0] in ENDS)
@@ -286,6 +288,8 @@ class TaskEvents:
         if task is None or task_id in self.workflows.member_of:  # else: in no workflow
             self._left_workflow(task_id, task, kind, detail, event, now)
         labels = self.labels(kind, task)
+        if task is not None and not task.settled:  # its task-sent never came
+            self.ledger.count(SENT_MISSING, labels)
         if kind == "task-succeeded":  # the hot path, inline
             counter = self._succeeded
             counter[labels] = counter.get(labels, 0) + 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from .diagnosis import WorkerDiagnosis
 from .fields import MAX_HEARTBEAT_INTERVAL, gauge_int, label_refusal, number
 from .settings import ModelSettings
 
@@ -18,7 +19,8 @@ WORKER_EVENTS = ("worker-online", "worker-heartbeat", "worker-offline")
 
 
 class Worker:
-    __slots__ = ("last_seen", "active", "processed", "freq", "offline", "lost", "version")
+    __slots__ = ("last_seen", "active", "processed", "freq", "offline", "lost", "version",
+                 "diagnosis")
 
     def __init__(self) -> None:
         self.last_seen = 0.0  # exporter's receive time: worker clocks cannot fool it
@@ -28,6 +30,7 @@ class Worker:
         self.offline = False  # said goodbye (worker-offline): a clean shutdown
         self.lost = False  # went silent without saying goodbye
         self.version = ""
+        self.diagnosis = WorkerDiagnosis()  # task events on/off, processed, clock offset
 
 
 @dataclass
@@ -38,6 +41,18 @@ class WorkerView:
     active: int
     processed: int
     version: str
+    diagnosis: DiagnosisView | None = None
+
+
+@dataclass(frozen=True)
+class DiagnosisView:
+    """What the worker's heartbeats and task events say about its configuration."""
+
+    task_events: bool | None  # None: not decided yet (no task processed since first seen)
+    processed_total: int
+    clock_offset: float | None  # seconds its clock is ahead of the exporter's (behind: < 0)
+    freq: float
+    system: str
 
 
 @dataclass
@@ -74,6 +89,8 @@ class WorkerRegistry:
         self.evicted = 0  # forgotten to make room for a new worker
         self.linked = False
         self.linked_since = 0.0
+        # Off when task events are not applied (the workers serve task metrics).
+        self.judges_task_events = True
 
     def handlers(self) -> dict:
         return dict.fromkeys(WORKER_EVENTS, self.on_worker_event)
@@ -114,7 +131,15 @@ class WorkerRegistry:
         version = event.get("sw_ver")
         if isinstance(version, str):
             worker.version = version[:64]
+        worker.diagnosis.on_heartbeat(event, now, self.settings.task_events_grace)
         return None
+
+    def task_event_from(self, hostname: object, now: float) -> None:
+        """A task event (not task-sent: producers send that) came from this worker."""
+        if type(hostname) is str:
+            worker = self.workers.get(hostname)
+            if worker is not None:
+                worker.diagnosis.task_event_at = now
 
     def _make_room(self) -> None:
         for candidates in (self.down, self.once, self.workers):
@@ -176,6 +201,8 @@ class WorkerRegistry:
                 worker.lost = True
                 self.lost_total += 1
                 self.down[hostname] = None
+            if self.judges_task_events:
+                worker.diagnosis.judge(now, self.settings.task_events_grace)
         for hostname in forget:
             self._forget(hostname)
 
@@ -191,8 +218,15 @@ class WorkerRegistry:
                     active=w.active,
                     processed=w.processed,
                     version=w.version,
+                    diagnosis=self._diagnosis_view(w),
                 )
                 for name, w in self.workers.items()
             },
             workers_lost=self.lost_total,
         )
+
+    def _diagnosis_view(self, w: Worker) -> DiagnosisView:
+        d = w.diagnosis
+        return DiagnosisView(task_events=d.events_on if self.judges_task_events else None,
+                             processed_total=d.processed_total, clock_offset=d.clock_offset(),
+                             freq=w.freq, system=d.system)
