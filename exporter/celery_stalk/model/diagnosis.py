@@ -6,11 +6,11 @@ Kept apart from the registry's liveness (workers.py): each worker record holds o
 
 Task events on or off. Celery counts a task as processed when the worker accepts it
 (heartbeat field ``processed``, with ``active`` the tasks running), and a worker with
-task events on sends task-received and task-started for it within milliseconds,
-before or after the heartbeat that shows it. So a heartbeat whose ``processed`` grew
-(or whose ``active`` rose) is explained by a task event from that worker arriving
-within ``grace`` of it, either side. One left unexplained for ``grace`` means task
-events are off; any task event from the worker turns the verdict back on. The first
+task events on sends task-started for it within milliseconds, before or after the
+heartbeat that shows it. So a heartbeat whose ``processed`` grew (or whose ``active``
+rose) is explained by a task-started from that worker arriving within ``grace`` of
+it, either side. One left unexplained for ``grace`` means task events are off; any
+task-started from the worker turns the verdict back on. The first
 heartbeat seen is only a baseline: a task that was already running when the exporter
 started proves nothing either way (a long task on a worker with events on sends no
 event for hours).
@@ -33,7 +33,7 @@ class WorkerDiagnosis:
                  "processed_total", "restarts", "offsets", "system")
 
     def __init__(self) -> None:
-        self.task_event_at: float | None = None  # exporter's receive time of its last task event
+        self.task_event_at: float | None = None  # receive time of its last task-started
         # Receive time of the first heartbeat showing new work that no task event explained.
         self.unexplained_since: float | None = None
         self.events_on: bool | None = None  # None: not decided (idle since first seen)

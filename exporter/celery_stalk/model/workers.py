@@ -135,7 +135,7 @@ class WorkerRegistry:
         return None
 
     def task_event_from(self, hostname: object, now: float) -> None:
-        """A task event (not task-sent: producers send that) came from this worker."""
+        """A task-started came from this worker (Model applies it inline)."""
         if type(hostname) is str:
             worker = self.workers.get(hostname)
             if worker is not None:
