@@ -37,6 +37,8 @@ app = make_app(
     os.environ.get("STALK_TEST_BROKER", "memory://"),
     json.loads(os.environ.get("STALK_TEST_TRANSPORT_OPTIONS", "{}")),
 )
+# A worker started without task events (WorkerProcess(task_events=False)).
+app.conf.worker_send_task_events = os.environ.get("STALK_TEST_TASK_EVENTS", "1") == "1"
 
 
 @app.task(name="tests.add")

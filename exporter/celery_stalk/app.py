@@ -17,6 +17,7 @@ from .collectors import Exporter, QueueCollector, WebCollector, model_collectors
 from .config import Config, redact
 from .http import build_app, serve
 from .model import Model
+from .problems import ProblemWatch
 from .sources import SourceState, event_source
 from .webconfig import BasicAuth, ServerTLS
 from .webstats import WebStats
@@ -125,6 +126,7 @@ def run(config: Config, beat_entries: list | None = None, beat_timezone: str = "
     stopping = threading.Event()
     discovery = QueueDiscovery(reader, model, config.queue_discovery_interval, stopping)
     schedule = redbeat_refresher(config, model, beat_timezone, stopping) if follows_tasks else None
+    watch = ProblemWatch(model, stopping)
 
     web_stats = WebStats()
     registry = CollectorRegistry(auto_describe=False)
@@ -152,6 +154,7 @@ def run(config: Config, beat_entries: list | None = None, beat_timezone: str = "
         },
         auth=BasicAuth(web.users, config.web_limits.auth_max_concurrent,
                        config.web_limits.auth_max_failures, web_stats) if web.users else None,
+        problems=lambda: watch.current,
     )
     try:
         tls = ServerTLS(web.tls) if web.tls else None
@@ -172,6 +175,7 @@ def run(config: Config, beat_entries: list | None = None, beat_timezone: str = "
 
     consumer.start()
     discovery.thread.start()
+    watch.thread.start()
     if schedule is not None:
         schedule.thread.start()
     http_thread = threading.Thread(target=server.serve_forever, name="celery-stalk-http", daemon=True)
