@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry
 from . import __version__
 from .brokers import QueueReader, reader_for
 from .collectors import Exporter, QueueCollector, WebCollector, model_collectors
+from .collectors.enable_events import EnableEventsCollector
+from .enable_events import EventEnabler
 from .config import Config, redact
 from .http import build_app, serve
 from .model import Model
@@ -127,11 +129,14 @@ def run(config: Config, beat_entries: list | None = None, beat_timezone: str = "
     discovery = QueueDiscovery(reader, model, config.queue_discovery_interval, stopping)
     schedule = redbeat_refresher(config, model, beat_timezone, stopping) if follows_tasks else None
     watch = ProblemWatch(model, stopping)
+    enabler = (EventEnabler(config, config.enable_events, stopping)
+               if config.enable_events else None)
 
     web_stats = WebStats()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Exporter(
-        [*model_collectors(model, source_state), QueueCollector(model, reader), WebCollector(web_stats)],
+        [*model_collectors(model, source_state), QueueCollector(model, reader), WebCollector(web_stats),
+         *([EnableEventsCollector(enabler)] if enabler else [])],
         __version__,
     ))
 
@@ -176,6 +181,8 @@ def run(config: Config, beat_entries: list | None = None, beat_timezone: str = "
     consumer.start()
     discovery.thread.start()
     watch.thread.start()
+    if enabler is not None:
+        enabler.thread.start()
     if schedule is not None:
         schedule.thread.start()
     http_thread = threading.Thread(target=server.serve_forever, name="celery-stalk-http", daemon=True)

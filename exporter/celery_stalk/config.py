@@ -52,6 +52,7 @@ class Config:
     queue_read_timeout: float
     queue_discovery_interval: float
     task_metrics_source: str  # events | workers
+    enable_events: float | None  # seconds between enable_events broadcasts; None: never
     web: webconfig.WebConfig
     web_max_connections: int
     web_max_client_connections: int

@@ -179,3 +179,26 @@ def test_doctor_against_a_stopped_broker_exits_2_with_one_line(redis_server, how
     assert "cannot be read" in lines[0] and "check --broker-url" in lines[0]
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
     assert time.monotonic() - started < 30
+
+
+def test_enable_events_turns_task_events_on_for_a_worker_started_without_them(redis_server,
+                                                                               fleet):
+    url = redis_server.fresh_url()
+    exporter = fleet(ExporterProcess(url, "--enable-events", "2"))
+    worker = fleet(WorkerProcess(url, OFF, queues="silent", task_events=False))
+    wait_worker_up(exporter, worker.nodename)
+    producer = make_app(url)
+
+    def counted():
+        producer.send_task("tests.add", args=(1, 1), queue="silent")
+        m = exporter.scrape()
+        return m if m.get("celery_task_succeeded_total", task="tests.add",
+                          queue="silent", default=0) > 0 else None
+
+    m = eventually(counted, 40, interval=1.0,
+                   message=f"task events from the worker\n{exporter.output()}\n{worker.output()}")
+    assert m.get("celery_stalk_enable_events_broadcasts_total", result="sent") >= 1
+    assert m.get("celery_stalk_enable_events_broadcasts_total", result="failed") == 0
+    eventually(lambda: exporter.scrape().get("celery_worker_task_events_enabled",
+                                             worker=OFF) == 1, 10, message="judged on")
+    assert "broadcasting enable_events to the workers every 2 s" in exporter.output()

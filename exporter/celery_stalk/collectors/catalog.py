@@ -170,6 +170,9 @@ CATALOG: dict[str, Metric] = {
         Metric("celery_stalk_task_metrics_from_events", "gauge", (),
                "1 if this exporter counts task metrics from task events, 0 if it leaves them to "
                "instrumented workers (--task-metrics-source workers)."),
+        Metric("celery_stalk_enable_events_broadcasts_total", "counter", ("result",),
+               "enable_events broadcasts to the workers (--enable-events; absent when off), by "
+               "result: sent, failed (the broker could not be reached)."),
         Metric("celery_stalk_tracked_tasks", "gauge", (),
                "Tasks in flight kept for joining events (bounded by --max-tracked-tasks)."),
         Metric("celery_stalk_tracked_tasks_evicted_total", "counter", (),
