@@ -139,7 +139,7 @@ def _examine(config: Config, listen: float, reader, clock) -> Report:
         if not view.up:
             facts.append("offline" if view.offline else "lost")
         if d.clock_offset is not None:
-            facts.append(f"clock {d.clock_offset:+.1f} s")
+            facts.append(f"clock {round(d.clock_offset, 1) + 0.0:+.1f} s")  # never -0.0
         if d.task_events is True:
             checks.append(Check("worker", OK, f"worker {name}: task events on; "
                                 + ", ".join(facts), subject=name))
