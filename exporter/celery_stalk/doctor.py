@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from .brokers import reader_for
 from .config import Config, redact
+from .control import broadcast
 from .model import Model
 from .model.diagnosis import CLOCK_SKEW_LIMIT
 from .problems import (
@@ -34,6 +35,8 @@ OK, FAIL, NOTE = "ok", "fail", "note"
 ALL_WELL, TO_FIX, UNREACHABLE = 0, 1, 2
 # Seconds to wait for the event stream's subscription once the broker answered.
 SUBSCRIBE_TIMEOUT = 10.0
+# Seconds workers have to answer the stats broadcast (their pool and concurrency).
+STATS_TIMEOUT = 1.0
 
 
 @dataclass
@@ -51,6 +54,8 @@ class Report:
     listened: float
     checks: list[Check]
     status: int
+    workers: dict = dataclasses.field(default_factory=dict)  # name -> facts, for --format json
+    queues: dict = dataclasses.field(default_factory=dict)  # name -> ready messages
 
     def text(self) -> str:
         lines = [f"celery-stalk doctor: {self.broker} (listened {self.listened:g} s)"]
@@ -66,7 +71,8 @@ class Report:
     def json(self) -> str:
         return json.dumps({"broker": self.broker, "listened_seconds": self.listened,
                            "status": self.status,
-                           "checks": [dataclasses.asdict(c) for c in self.checks]}, indent=2)
+                           "checks": [dataclasses.asdict(c) for c in self.checks],
+                           "workers": self.workers, "queues": self.queues}, indent=2)
 
 
 def unreachable(config: Config, listened: float, what: str, exc: BaseException | None) -> Report:
@@ -129,13 +135,21 @@ def _examine(config: Config, listen: float, reader, clock) -> Report:
                 "--without-heartbeat"))
 
     workers = model.worker_snapshot(now).workers
+    pools = _pools(config) if workers else {}
+    facts_json: dict[str, dict] = {}
     longest_beat = 0.0
     for name, view in sorted(workers.items()):
         d = view.diagnosis
         longest_beat = max(longest_beat, d.freq)
         facts = [f"Celery {view.version or '?'}", d.system or "system ?",
-                 f"heartbeat every {d.freq:g} s",
+                 pools.get(name, "pool ?"), f"heartbeat every {d.freq:g} s",
                  f"{d.processed_total} tasks processed"]
+        facts_json[name] = {
+            "up": view.up, "version": view.version, "system": d.system,
+            "pool": pools.get(name), "heartbeat_interval_seconds": d.freq,
+            "task_events": d.task_events, "processed": d.processed_total,
+            "clock_offset_seconds": d.clock_offset,
+        }
         if not view.up:
             facts.append("offline" if view.offline else "lost")
         if d.clock_offset is not None:
@@ -168,30 +182,53 @@ def _examine(config: Config, listen: float, reader, clock) -> Report:
                             "its producer sends none)",
                             fix="" if not health.events.get("task-received") else SENT_EVENTS_FIX))
 
-    checks += _queues(config, model, reader)
+    queue_checks, depths = _queues(config, model, reader)
+    checks += queue_checks
     checks.append(_settings(config, longest_beat))
     failed = any(c.status == FAIL for c in checks)
-    return Report(config.redacted_broker_url, listened, checks, TO_FIX if failed else ALL_WELL)
+    return Report(config.redacted_broker_url, listened, checks, TO_FIX if failed else ALL_WELL,
+                  workers=facts_json, queues=depths)
 
 
-def _queues(config: Config, model: Model, reader) -> list[Check]:
+def _pools(config: Config) -> dict[str, str]:
+    """Each worker's pool and concurrency, from one ``stats`` broadcast (heartbeats do not
+    carry them): {worker: "pool prefork x4"}. Workers that do not answer in time are left
+    out; this is information, never a failure."""
+    try:
+        replies = broadcast(config, "stats", reply=True, timeout=STATS_TIMEOUT) or []
+    except Exception:
+        return {}
+    pools = {}
+    for reply in replies:
+        for worker, stats in reply.items() if isinstance(reply, dict) else ():
+            pool = stats.get("pool") if isinstance(stats, dict) else None
+            if not isinstance(pool, dict):
+                continue
+            kind = str(pool.get("implementation", "?")).rpartition(":")[0].rpartition(".")[2]
+            size = pool.get("max-concurrency")
+            pools[worker] = f"pool {kind or '?'}" + (f" x{size}" if size else "")
+    return pools
+
+
+def _queues(config: Config, model: Model, reader) -> tuple[list[Check], dict[str, int]]:
+    """A check per queue found (--queue, task-sent events, Redis bindings) with its depth."""
     try:
         names = set(model.known_queues()) | set(reader.discover())
         depths = reader.read(sorted(names))
     except Exception as exc:
         return [Check("queue", FAIL, redact(f"queue depths could not be read: "
                                             f"{type(exc).__name__}: {exc}", config.secrets),
-                      fix="see --queue-read-timeout, and the broker's load")]
+                      fix="see --queue-read-timeout, and the broker's load")], {}
     if not depths:
         return [Check("queue", NOTE, "no queue found: none named by --queue, in task-sent "
                       "events or (Redis) in kombu's bindings",
-                      fix="name the queues the workers consume with --queue")]
+                      fix="name the queues the workers consume with --queue")], {}
     checks = []
     for name, depth in sorted(depths.items()):
         consumers = "" if depth.consumers is None else f", {depth.consumers} consumers"
         checks.append(Check("queue", OK, f"queue {name}: {depth.messages} messages{consumers}",
                             subject=name))
-    return checks
+    return checks, {name: depth.messages for name, depth in depths.items()}
 
 
 def _settings(config: Config, longest_beat: float) -> Check:

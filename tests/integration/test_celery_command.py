@@ -41,7 +41,7 @@ def test_no_flags_needed_broker_transport_options_queues_and_routes_come_from_th
     exporter = fleet(celery_stalk(url, transport_options=options))
 
     landing = urllib.request.urlopen(exporter.url + "/", timeout=5).read().decode()
-    assert f"127.0.0.1:{redis_server.port}/7" in landing
+    assert f"127.0.0.1:{redis_server.port}/{url.rsplit('/', 1)[1]}" in landing
     metrics = exporter.scrape()
     assert metrics.get("celery_queue_messages", queue="work") == 0  # the app's default queue
 

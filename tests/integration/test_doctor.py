@@ -130,7 +130,7 @@ def test_doctor_checklist_names_each_problem_and_exits_1(mixed_fleet):
     assert "[ok]   event stream flowing" in out
     assert f"[ok]   worker {ON}: task events on; Celery 5." in out
     assert f"[FAIL] worker {OFF}: task events OFF" in out
-    assert "heartbeat every 2 s" in out
+    assert "heartbeat every 2 s" in out and "pool prefork x2" in out
     assert "clock +0.0 s" in out
     assert "fix: start the worker with -E or set worker_send_task_events = True" in out
     assert "[FAIL] tasks reach workers without task-sent events" in out
@@ -148,6 +148,13 @@ def test_doctor_checklist_names_each_problem_and_exits_1(mixed_fleet):
     by_worker = {c["subject"]: c for c in report["checks"] if c["check"] == "worker"}
     assert by_worker[OFF]["status"] == "fail" and "-E" in by_worker[OFF]["fix"]
     assert by_worker[ON]["status"] == "ok"
+    assert report["workers"][OFF]["task_events"] is False
+    assert report["workers"][ON]["task_events"] is True
+    assert report["workers"][ON]["pool"] == "pool prefork x2"
+    assert report["workers"][ON]["heartbeat_interval_seconds"] == 2.0
+    assert abs(report["workers"][ON]["clock_offset_seconds"]) < 2.0
+    assert report["workers"][OFF]["processed"] > 0
+    assert set(report["queues"]) >= {"evented", "silent"}
 
 
 def test_doctor_exits_0_when_all_is_well(redis_server):
