@@ -225,7 +225,7 @@ def _queues(config: Config, model: Model, reader) -> tuple[list[Check], dict[str
                       fix="name the queues the workers consume with --queue")], {}
     checks = []
     for name, depth in sorted(depths.items()):
-        consumers = "" if depth.consumers is None else f", {depth.consumers} consumers"
+        consumers = "" if depth.consumers is None else f", consumers {depth.consumers}"
         checks.append(Check("queue", OK, f"queue {name}: {depth.messages} messages{consumers}",
                             subject=name))
     return checks, {name: depth.messages for name, depth in depths.items()}

@@ -209,3 +209,18 @@ def test_enable_events_turns_task_events_on_for_a_worker_started_without_them(re
     eventually(lambda: exporter.scrape().get("celery_worker_task_events_enabled",
                                              worker=OFF) == 1, 10, message="judged on")
     assert "broadcasting enable_events to the workers every 2 s" in exporter.output()
+
+
+def test_doctor_on_rabbitmq_names_the_worker_without_task_events(rabbitmq_server):
+    url, queue = rabbitmq_server.url, "doctor-silent-amqp"
+    worker = WorkerProcess(url, f"amqp-silent@{HOST}", queues=queue, task_events=False).start()
+    try:
+        with Producers(url, unsent=False, queues=(queue,)):
+            result = doctor(url, "--listen", "12", "--queue", queue)
+    finally:
+        worker.stop()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "[ok]   broker reachable (amqp)" in result.stdout
+    assert f"[FAIL] worker amqp-silent@{HOST}: task events OFF" in result.stdout
+    assert "pool prefork x2" in result.stdout
+    assert f"[ok]   queue {queue}: " in result.stdout and "consumers 1" in result.stdout

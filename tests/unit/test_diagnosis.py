@@ -4,7 +4,10 @@ the model's verdicts from replayed events with an injected clock (no sleep)."""
 from __future__ import annotations
 
 from celery_stalk.model import Model
-from celery_stalk.problems import find_problems
+import logging
+import threading
+
+from celery_stalk.problems import ProblemWatch, find_problems
 from tests import events as ev
 
 A, B = "a@host", "b@host"
@@ -147,3 +150,29 @@ def test_with_task_metrics_from_the_workers_no_verdict_on_task_events():
         fleet.at(t, beat(A, 1000 + t, processed=t))
     assert fleet.view(A).task_events is None
     assert find_problems(fleet.model, fleet.now) == []
+
+
+def test_each_problem_is_logged_once_when_first_seen_and_again_if_it_comes_back(caplog):
+    fleet = Fleet().at(0, beat(A, 1000, skew=-5.0))
+    watch = ProblemWatch(fleet.model, threading.Event(), clock=lambda: fleet.now)
+    with caplog.at_level(logging.WARNING, logger="celery_stalk.problems"):
+        for t in range(2, 40, 2):  # a 5 s skew from the start; task events off from 32 s
+            fleet.at(t, beat(A, 1000 + t, processed=t // 2, skew=-5.0))
+            watch.check()
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 2, lines
+        assert lines[0].startswith(f"worker {A}'s clock is 5.0 s behind this exporter's")
+        assert lines[1] == (f"worker {A} processes tasks but sends no task events: start the "
+                            "worker with -E or set worker_send_task_events = True (Django, "
+                            "settings namespace CELERY: CELERY_WORKER_SEND_TASK_EVENTS = True); "
+                            "until its next restart: celery -A proj control enable_events")
+        assert [p.key for p in watch.current] == [("task_events_off", A), ("clock_skew", A)]
+        # its task events turned on: that problem is gone, and logged again if it comes back
+        fleet.at(40, *task_run("t1", A, 1040), beat(A, 1040, processed=20, skew=-5.0))
+        watch.check()
+        assert [p.key for p in watch.current] == [("clock_skew", A)]
+        for t in range(72, 110, 2):
+            fleet.at(t, beat(A, 1000 + t, processed=t, skew=-5.0))
+            watch.check()
+        assert len(caplog.records) == 3
+        assert "sends no task events" in caplog.records[2].getMessage()
