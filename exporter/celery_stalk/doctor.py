@@ -21,14 +21,7 @@ from .config import Config, redact
 from .control import broadcast
 from .model import Model
 from .model.diagnosis import CLOCK_SKEW_LIMIT
-from .problems import (
-    CLOCK_FIX,
-    SENT_EVENTS_FIX,
-    TASK_EVENTS_FIX,
-    clock_skew,
-    sent_events_missing,
-    task_events_off,
-)
+from .problems import SENT_EVENTS_FIX, clock_skew, sent_events_missing, task_events_off
 from .sources import SourceState, event_source
 
 OK, FAIL, NOTE = "ok", "fail", "note"
@@ -164,11 +157,10 @@ def _examine(config: Config, listen: float, reader, clock) -> Report:
         else:
             checks.append(Check(
                 "worker", NOTE, f"worker {name}: task events not known (it processed no task "
-                "while listening); " + ", ".join(facts), subject=name,
-                fix=""))
+                "while listening); " + ", ".join(facts), subject=name))
         if d.clock_offset is not None and abs(d.clock_offset) > CLOCK_SKEW_LIMIT:
             problem = clock_skew(name, d.clock_offset)
-            checks.append(Check("clock", FAIL, problem.what, subject=name, fix=CLOCK_FIX))
+            checks.append(Check("clock", FAIL, problem.what, subject=name, fix=problem.fix))
 
     sent = health.events.get("task-sent", 0)
     unsent = model.unsent_tasks()
@@ -262,4 +254,4 @@ def run_doctor(config: Config, listen: float, output: str = "text") -> int:
     return report.status
 
 
-__all__ = ["TASK_EVENTS_FIX", "Check", "Report", "examine", "run_doctor"]
+__all__ = ["Check", "Report", "examine", "run_doctor"]

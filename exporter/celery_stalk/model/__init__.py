@@ -40,7 +40,8 @@ from .workflows import WorkflowSnapshot, WorkflowTracker
 __all__ = [
     "BAD_VALUE", "MAX_DURATION", "MAX_LABEL_LENGTH", "MISSING_FIELD", "MISSING_TYPE",
     "BeatEntry", "BeatSnapshot", "DiagnosisView", "WorkflowSnapshot",
-    "NOT_AN_OBJECT", "OTHER", "SENT_MISSING", "TASK_EVENTS", "UNKNOWN", "WORKER_EVENTS", "HistogramView",
+    "NOT_AN_OBJECT", "OTHER", "SENT_MISSING", "TASK_EVENTS", "UNKNOWN", "WORKER_EVENTS",
+    "HistogramView",
     "LabelCap", "Model", "ModelSettings", "Snapshot", "TaskRoutes", "WorkerView",
     "exception_class", "label_value",
 ]
@@ -125,7 +126,7 @@ class Model:
         if handler is not None:
             if kind == "task-started":  # the worker's task events are on
                 # Sent for every task a worker accepts, which its heartbeats count
-                # (model/diagnosis.py). workers.task_event_from, inline: the hot path.
+                # (model/diagnosis.py); noted here, inline: the hot path.
                 host = event.get("hostname")
                 if type(host) is str:
                     worker = self._worker_records.get(host)

@@ -10,10 +10,10 @@ task events on sends task-started for it within milliseconds, before or after th
 heartbeat that shows it. So a heartbeat whose ``processed`` grew (or whose ``active``
 rose) is explained by a task-started from that worker arriving within ``grace`` of
 it, either side. One left unexplained for ``grace`` means task events are off; any
-task-started from the worker turns the verdict back on. The first
-heartbeat seen is only a baseline: a task that was already running when the exporter
-started proves nothing either way (a long task on a worker with events on sends no
-event for hours).
+task-started from the worker turns the verdict back on (Model.apply notes them). The
+first heartbeat seen is only a baseline: a task that was already running when the
+exporter started proves nothing either way (a long task on a worker with events on
+sends no event for hours).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ CLOCK_SKEW_LIMIT = 2.0
 
 class WorkerDiagnosis:
     __slots__ = ("task_event_at", "unexplained_since", "events_on", "processed", "active",
-                 "processed_total", "restarts", "offsets", "system")
+                 "processed_total", "offsets", "system")
 
     def __init__(self) -> None:
         self.task_event_at: float | None = None  # receive time of its last task-started
@@ -40,7 +40,6 @@ class WorkerDiagnosis:
         self.processed: int | None = None  # the last heartbeat's, None before the first
         self.active: int | None = None
         self.processed_total = 0  # tasks processed, across restarts of the worker
-        self.restarts = 0  # times ``processed`` went back: a new worker process
         self.offsets: list[float] = []  # worker timestamp minus receive time, newest last
         self.system = ""  # sw_sys, e.g. Linux
 
@@ -55,7 +54,6 @@ class WorkerDiagnosis:
                 new_work = processed > last
                 self.processed_total += processed - last
             else:  # restarted: its count began again from 0
-                self.restarts += 1
                 new_work = processed > 0
                 self.processed_total += processed
             self.processed = processed

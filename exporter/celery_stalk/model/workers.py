@@ -134,13 +134,6 @@ class WorkerRegistry:
         worker.diagnosis.on_heartbeat(event, now, self.settings.task_events_grace)
         return None
 
-    def task_event_from(self, hostname: object, now: float) -> None:
-        """A task-started came from this worker (Model applies it inline)."""
-        if type(hostname) is str:
-            worker = self.workers.get(hostname)
-            if worker is not None:
-                worker.diagnosis.task_event_at = now
-
     def _make_room(self) -> None:
         for candidates in (self.down, self.once, self.workers):
             if candidates:
