@@ -150,6 +150,10 @@ def _examine(config: Config, listen: float, reader, clock) -> Report:
         if d.task_events is True:
             checks.append(Check("worker", OK, f"worker {name}: task events on; "
                                 + ", ".join(facts), subject=name))
+        elif d.task_events is False and config.task_metrics_source == "workers":
+            checks.append(Check("worker", NOTE, f"worker {name}: task events off (not needed "
+                                "with --task-metrics-source workers); " + ", ".join(facts),
+                                subject=name))
         elif d.task_events is False:
             checks.append(Check("worker", FAIL, f"worker {name}: task events OFF; "
                                 + ", ".join(facts), subject=name,
