@@ -168,7 +168,10 @@ def _examine(config: Config, listen: float, reader, clock) -> Report:
 
     sent = health.events.get("task-sent", 0)
     unsent = model.unsent_tasks()
-    if unsent:
+    if unsent and config.task_metrics_source == "workers":  # the workers know their queue
+        checks.append(Check("task-sent", NOTE, sent_events_missing(unsent).what
+                            + " (not needed with --task-metrics-source workers)"))
+    elif unsent:
         checks.append(Check("task-sent", FAIL, sent_events_missing(unsent).what,
                             fix=SENT_EVENTS_FIX))
     elif sent:
