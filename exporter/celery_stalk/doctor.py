@@ -95,12 +95,31 @@ def _examine(config: Config, listen: float, reader, clock) -> Report:
     except Exception as exc:
         return unreachable(config, 0, "queue read", exc)
     checks = [Check("broker", OK, f"broker reachable ({config.transport})")]
+    heard = _listen(config, listen)
+    if isinstance(heard, Report):
+        return heard
+    model, listened = heard
+    now = clock()
+    model.tick(now)
+    health = model.health_snapshot()
+    checks.append(_event_stream(health.events, listened))
+    worker_checks, facts, longest_beat = _workers(config, model, now)
+    checks += worker_checks
+    checks.append(_task_sent(config, model, health.events))
+    queue_checks, depths = _queues(config, model, reader)
+    checks += queue_checks
+    checks.append(_settings(config, longest_beat))
+    failed = any(c.status == FAIL for c in checks)
+    return Report(config.redacted_broker_url, listened, checks, TO_FIX if failed else ALL_WELL,
+                  workers=facts, queues=depths)
 
+
+def _listen(config: Config, listen: float) -> tuple[Model, float] | Report:
+    """The event stream for ``listen`` seconds into a fresh model, as the exporter reads it."""
     # Within a short listen, work must be explained sooner than the exporter's 30 s.
     settings = dataclasses.replace(config.model, task_events_grace=min(30.0, listen / 3))
     model = Model(settings, static_queues=config.queues, routes=config.task_routes)
-    state = SourceState()
-    source = event_source(config, model, state)
+    source = event_source(config, model, SourceState())
     source.start()
     started = time.monotonic()
     try:
@@ -111,82 +130,76 @@ def _examine(config: Config, listen: float, reader, clock) -> Report:
     finally:
         source.stop()
         source.thread.join(5)
-    listened = round(time.monotonic() - started, 1)
-    now = clock()
-    model.tick(now)
+    return model, round(time.monotonic() - started, 1)
 
-    health = model.health_snapshot()
-    total = sum(health.events.values())
+
+def _event_stream(events: dict[str, int], listened: float) -> Check:
+    total = sum(events.values())
     if total:
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(health.events.items()))
-        checks.append(Check("events", OK, f"event stream flowing: {total} events ({kinds})"))
-    else:
-        checks.append(Check(
-            "events", FAIL, f"no event arrived in {listened:g} s",
-            fix="start a worker on this broker; if workers run, check that they use this "
-                "broker URL (same Redis database or virtual host) and do not run with "
-                "--without-heartbeat"))
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(events.items()))
+        return Check("events", OK, f"event stream flowing: {total} events ({kinds})")
+    return Check("events", FAIL, f"no event arrived in {listened:g} s",
+                 fix="start a worker on this broker; if workers run, check that they use this "
+                     "broker URL (same Redis database or virtual host) and do not run with "
+                     "--without-heartbeat")
 
+
+def _workers(config: Config, model: Model, now: float) -> tuple[list[Check], dict, float]:
+    """A check per worker heard (and one per clock too far off), each worker's facts for
+    --format json, and the longest heartbeat interval among them."""
     workers = model.worker_snapshot(now).workers
     pools = _pools(config) if workers else {}
+    checks: list[Check] = []
     facts_json: dict[str, dict] = {}
     longest_beat = 0.0
     for name, view in sorted(workers.items()):
         d = view.diagnosis
         longest_beat = max(longest_beat, d.freq)
-        facts = [f"Celery {view.version or '?'}", d.system or "system ?",
-                 pools.get(name, "pool ?"), f"heartbeat every {d.freq:g} s",
-                 f"{d.processed_total} tasks processed"]
         facts_json[name] = {
             "up": view.up, "version": view.version, "system": d.system,
             "pool": pools.get(name), "heartbeat_interval_seconds": d.freq,
             "task_events": d.task_events, "processed": d.processed_total,
             "clock_offset_seconds": d.clock_offset,
         }
+        facts = [f"Celery {view.version or '?'}", d.system or "system ?",
+                 pools.get(name, "pool ?"), f"heartbeat every {d.freq:g} s",
+                 f"{d.processed_total} tasks processed"]
         if not view.up:
             facts.append("offline" if view.offline else "lost")
         if d.clock_offset is not None:
             facts.append(f"clock {round(d.clock_offset, 1) + 0.0:+.1f} s")  # never -0.0
+        said = ", ".join(facts)
         if d.task_events is True:
-            checks.append(Check("worker", OK, f"worker {name}: task events on; "
-                                + ", ".join(facts), subject=name))
+            checks.append(Check("worker", OK, f"worker {name}: task events on; {said}",
+                                subject=name))
         elif d.task_events is False and config.task_metrics_source == "workers":
             checks.append(Check("worker", NOTE, f"worker {name}: task events off (not needed "
-                                "with --task-metrics-source workers); " + ", ".join(facts),
-                                subject=name))
+                                f"with --task-metrics-source workers); {said}", subject=name))
         elif d.task_events is False:
-            checks.append(Check("worker", FAIL, f"worker {name}: task events OFF; "
-                                + ", ".join(facts), subject=name,
-                                fix=task_events_off(name).fix))
+            checks.append(Check("worker", FAIL, f"worker {name}: task events OFF; {said}",
+                                subject=name, fix=task_events_off(name).fix))
         else:
-            checks.append(Check(
-                "worker", NOTE, f"worker {name}: task events not known (it processed no task "
-                "while listening); " + ", ".join(facts), subject=name))
+            checks.append(Check("worker", NOTE, f"worker {name}: task events not known (it "
+                                f"processed no task while listening); {said}", subject=name))
         if d.clock_offset is not None and abs(d.clock_offset) > CLOCK_SKEW_LIMIT:
             problem = clock_skew(name, d.clock_offset)
             checks.append(Check("clock", FAIL, problem.what, subject=name, fix=problem.fix))
+    return checks, facts_json, longest_beat
 
-    sent = health.events.get("task-sent", 0)
+
+def _task_sent(config: Config, model: Model, events: dict[str, int]) -> Check:
+    sent = events.get("task-sent", 0)
     unsent = model.unsent_tasks()
     if unsent and config.task_metrics_source == "workers":  # the workers know their queue
-        checks.append(Check("task-sent", NOTE, sent_events_missing(unsent).what
-                            + " (not needed with --task-metrics-source workers)"))
-    elif unsent:
-        checks.append(Check("task-sent", FAIL, sent_events_missing(unsent).what,
-                            fix=SENT_EVENTS_FIX))
-    elif sent:
-        checks.append(Check("task-sent", OK, f"task-sent events arrive ({sent} seen)"))
-    else:
-        checks.append(Check("task-sent", NOTE, "no task-sent event seen (no task was sent, or "
-                            "its producer sends none)",
-                            fix="" if not health.events.get("task-received") else SENT_EVENTS_FIX))
-
-    queue_checks, depths = _queues(config, model, reader)
-    checks += queue_checks
-    checks.append(_settings(config, longest_beat))
-    failed = any(c.status == FAIL for c in checks)
-    return Report(config.redacted_broker_url, listened, checks, TO_FIX if failed else ALL_WELL,
-                  workers=facts_json, queues=depths)
+        return Check("task-sent", NOTE, sent_events_missing(unsent).what
+                     + " (not needed with --task-metrics-source workers)")
+    if unsent:
+        return Check("task-sent", FAIL, sent_events_missing(unsent).what, fix=SENT_EVENTS_FIX)
+    if sent:
+        return Check("task-sent", OK, f"task-sent events arrive ({sent} seen)")
+    return Check("task-sent", NOTE, "no task-sent event seen (no task was sent, or its "
+                 "producer sends none)",
+                 fix=SENT_EVENTS_FIX if events.get("task-received") else "")
 
 
 def _pools(config: Config) -> dict[str, str]:

@@ -94,7 +94,8 @@ def test_metrics_log_and_landing_page_name_the_worker_without_task_events(mixed_
         assert abs(m.get("celery_worker_clock_offset_seconds", worker=worker)) < 2.0
     # the silent worker's tasks show only as sent; the evented one's as succeeded
     assert m.get("celery_task_sent_total", task="tests.add", queue="silent") > 0
-    assert m.get("celery_task_succeeded_total", task="tests.add", queue="silent") is None
+    assert m.get("celery_task_succeeded_total", task="tests.add", queue="silent") is None, (
+        m.text, exporter.output())
     # tests.sleep's producer sends no task-sent: counted under queue unknown
     eventually(lambda: exporter.scrape().get("celery_stalk_task_sent_missing_total",
                                              task="tests.sleep", queue="unknown", default=0) > 0,

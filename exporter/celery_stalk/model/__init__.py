@@ -99,7 +99,7 @@ class Model:
         self._task_handlers = self.tasks.handlers() if count_task_events else {}
         self._other_handlers = self.workers.handlers()
         self.workers.judges_task_events = count_task_events
-        self._worker_records = self.workers.workers  # never replaced
+        self.tasks.worker_records = self.workers.workers  # task-started notes its worker's
 
     # -- input ------------------------------------------------------------
 
@@ -124,14 +124,6 @@ class Model:
             return
         handler = self._task_handlers.get(kind)
         if handler is not None:
-            if kind == "task-started":  # the worker's task events are on
-                # Sent for every task a worker accepts, which its heartbeats count
-                # (model/diagnosis.py); noted here, inline: the hot path.
-                host = event.get("hostname")
-                if type(host) is str:
-                    worker = self._worker_records.get(host)
-                    if worker is not None:
-                        worker.diagnosis.task_event_at = now
             task_id = event.get("uuid")
             if type(task_id) is str and len(task_id) <= MAX_TASK_ID_LENGTH:
                 reason = handler(task_id, event, now)

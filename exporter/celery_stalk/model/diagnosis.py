@@ -10,10 +10,10 @@ task events on sends task-started for it within milliseconds, before or after th
 heartbeat that shows it. So a heartbeat whose ``processed`` grew (or whose ``active``
 rose) is explained by a task-started from that worker arriving within ``grace`` of
 it, either side. One left unexplained for ``grace`` means task events are off; any
-task-started from the worker turns the verdict back on (Model.apply notes them). The
-first heartbeat seen is only a baseline: a task that was already running when the
-exporter started proves nothing either way (a long task on a worker with events on
-sends no event for hours).
+task-started from the worker turns the verdict back on (TaskEvents.on_started notes
+it). The first heartbeat seen is only a baseline: a task that was already running
+when the exporter started proves nothing either way (a long task on a worker with
+events on sends no event for hours).
 """
 
 from __future__ import annotations

@@ -77,6 +77,9 @@ class TaskEvents:
         self.unsent_names: set[str] = set()
         ledger.on_forget_task.append(self._forget_task)
         ledger.on_forget_queue.append(self._forget_queue)
+        # The worker registry's records by hostname (Model sets it): a task-started tells
+        # that its worker's task events are on (model/diagnosis.py).
+        self.worker_records: dict = {}
 
     def handlers(self) -> dict:
         return {
@@ -262,6 +265,10 @@ class TaskEvents:
         return None
 
     def on_started(self, task_id: str, event: dict, now: float) -> str | None:
+        host = event.get("hostname")  # inline, the hot path: see worker_records
+        worker = self.worker_records.get(host) if type(host) is str else None
+        if worker is not None:
+            worker.diagnosis.task_event_at = now
         self.ended.discard(task_id)
         task = self.tracker.get_or_add(task_id)
         task.started = number(event.get("timestamp"))
