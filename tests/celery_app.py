@@ -46,6 +46,11 @@ def add(x, y):
     return x + y
 
 
+@app.task(name="tests.noop")
+def noop():
+    return None
+
+
 @app.task(name="tests.fail_value")
 def fail_value():
     raise ValueError("secret customer data must not reach a label")
