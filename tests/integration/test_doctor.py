@@ -120,6 +120,7 @@ def test_metrics_log_and_landing_page_name_the_worker_without_task_events(mixed_
     assert f"worker {ON} processes tasks" not in out
     assert "CELERY_WORKER_SEND_TASK_EVENTS = True" in out
     assert "tests.sleep (queue unknown)" in out
+    assert "tests.add (queue" not in out and "tests.noop (queue" not in out  # sent events on
     assert "clock" not in out
 
     page = urllib.request.urlopen(exporter.url + "/", timeout=5).read().decode()
@@ -232,3 +233,24 @@ def test_doctor_on_rabbitmq_names_the_worker_without_task_events(rabbitmq_server
     assert f"[FAIL] worker amqp-silent@{HOST}: task events OFF" in result.stdout
     assert "pool prefork x2" in result.stdout
     assert f"[ok]   queue {queue}: " in result.stdout and "consumers 1" in result.stdout
+
+
+def test_a_worker_clock_ahead_is_measured_logged_and_named_by_the_doctor(redis_server, fleet):
+    url, skewed = redis_server.fresh_url(), f"skewed@{HOST}"
+    exporter = fleet(ExporterProcess(url))
+    fleet(WorkerProcess(url, skewed, queues="evented", env={"STALK_TEST_CLOCK_SKEW": "10"}))
+    wait_worker_up(exporter, skewed)
+    m = eventually(lambda: (lambda m: m if m.get("celery_worker_clock_offset_seconds",
+                                                 worker=skewed, default=0) > 9 else None)(
+        exporter.scrape()), 20, message="offset measured")
+    assert 9.0 < m.get("celery_worker_clock_offset_seconds", worker=skewed) < 10.5
+    line = f"worker {skewed}'s clock is 10.0 s ahead of this exporter's"
+    eventually(lambda: line in exporter.output(), 20, message="clock skew logged")
+    assert "chrony" in exporter.output()
+    page = urllib.request.urlopen(exporter.url + "/", timeout=5).read().decode()
+    assert line.replace("'", "&#x27;") in page
+
+    result = doctor(url, "--listen", "6")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"[FAIL] {line}" in result.stdout
+    assert "fix: synchronise the clocks of both hosts" in result.stdout
