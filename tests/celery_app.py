@@ -37,11 +37,31 @@ app = make_app(
     os.environ.get("STALK_TEST_BROKER", "memory://"),
     json.loads(os.environ.get("STALK_TEST_TRANSPORT_OPTIONS", "{}")),
 )
+# A worker started without task events (WorkerProcess(task_events=False)).
+app.conf.worker_send_task_events = os.environ.get("STALK_TEST_TASK_EVENTS", "1") == "1"
+
+
+def _skew_event_clock(seconds: float) -> None:
+    """Stamp this process's events ``seconds`` ahead, as a host whose clock is off would:
+    Celery's Event() takes the time from its last default argument."""
+    from celery.events import event
+
+    *others, now = event.Event.__defaults__
+    event.Event.__defaults__ = (*others, lambda: now() + seconds)
+
+
+if os.environ.get("STALK_TEST_CLOCK_SKEW"):
+    _skew_event_clock(float(os.environ["STALK_TEST_CLOCK_SKEW"]))
 
 
 @app.task(name="tests.add")
 def add(x, y):
     return x + y
+
+
+@app.task(name="tests.noop")
+def noop():
+    return None
 
 
 @app.task(name="tests.fail_value")

@@ -134,15 +134,18 @@ class WorkerProcess:
     def __init__(self, broker_url: str, nodename: str, queues: str = "work",
                  pool: str = "prefork", concurrency: int = 2, transport_options: dict | None = None,
                  python: str = sys.executable, app: str = "tests.celery_app",
-                 env: dict | None = None):
+                 env: dict | None = None, task_events: bool = True):
         """``python``: the interpreter of the venv whose Celery the worker runs; ``app``:
-        the tests' Celery app module it runs."""
+        the tests' Celery app module it runs; ``task_events``: False to start it as a
+        worker that sends no task events (no -E, worker_send_task_events off)."""
         self.nodename = nodename
         self.args = [
-            python, "-m", "celery", "-A", app, "worker", "-E",
+            python, "-m", "celery", "-A", app, "worker", *(["-E"] if task_events else []),
             "-n", nodename, "-Q", queues, "-P", pool, "-c", str(concurrency),
             "--without-mingle", "--without-gossip", "-l", "WARNING",
         ]
+        if not task_events:
+            env = {**(env or {}), "STALK_TEST_TASK_EVENTS": "0"}
         self.env = {
             **os.environ,
             "STALK_TEST_BROKER": broker_url,

@@ -15,9 +15,12 @@ from . import __version__
 from .brokers import QueueReader, reader_for
 from .capacity import CapacityPoller, broker_stats
 from .collectors import CapacityCollector, Exporter, QueueCollector, WebCollector, model_collectors
+from .collectors.enable_events import EnableEventsCollector
+from .enable_events import EventEnabler
 from .config import Config, redact
 from .http import build_app, serve
 from .model import Model
+from .problems import ProblemWatch
 from .sources import SourceState, event_source
 from .webconfig import BasicAuth, ServerTLS
 from .webstats import WebStats
@@ -130,12 +133,17 @@ def run(config: Config, beat_entries: list | None = None, beat_timezone: str = "
     if config.inspect_interval > 0:
         capacity = CapacityPoller(broker_stats(config), config.inspect_interval,
                                   config.inspect_timeout, config.model.max_workers)
+    watch = ProblemWatch(model, stopping)
+    enabler = (EventEnabler(config, config.enable_events, stopping)
+               if config.enable_events else None)
 
     web_stats = WebStats()
     registry = CollectorRegistry(auto_describe=False)
     parts = [*model_collectors(model, source_state), QueueCollector(model, reader)]
     if capacity is not None:
         parts.append(CapacityCollector(capacity))
+    if enabler is not None:
+        parts.append(EnableEventsCollector(enabler))
     registry.register(Exporter([*parts, WebCollector(web_stats)], __version__))
 
     def ready() -> tuple[bool, str]:
@@ -157,6 +165,7 @@ def run(config: Config, beat_entries: list | None = None, beat_timezone: str = "
         },
         auth=BasicAuth(web.users, config.web_limits.auth_max_concurrent,
                        config.web_limits.auth_max_failures, web_stats) if web.users else None,
+        problems=lambda: watch.current,
     )
     try:
         tls = ServerTLS(web.tls) if web.tls else None
@@ -177,6 +186,9 @@ def run(config: Config, beat_entries: list | None = None, beat_timezone: str = "
 
     consumer.start()
     discovery.thread.start()
+    watch.thread.start()
+    if enabler is not None:
+        enabler.thread.start()
     if schedule is not None:
         schedule.thread.start()
     if capacity is not None:

@@ -16,7 +16,9 @@ from collections.abc import Mapping
 import click
 from click.core import ParameterSource
 
-from .cli import run_with, serve_options
+from celery.bin.base import CLIContext
+
+from .cli import doctor_options, run_doctor_with, run_with, serve_options
 from .schedules import entries_from_app, redbeat_from_app
 
 
@@ -96,15 +98,36 @@ FROM_APP = {
 }
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @serve_options
 @click.pass_context
 def stalk(ctx: click.Context, **raw):
-    """Run celery-stalk with this app's broker, transport options, queues and routes.
+    """Run celery-stalk with this app's broker, transport options, queues and routes
+    (``stalk doctor``: check the setup instead).
 
     A flag or CELERY_STALK_* env var given explicitly overrides what the app says.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     app = ctx.obj.app
+    from_app(ctx, app, raw)
+    run_with(raw, **beat_schedule(ctx, app, raw))
+
+
+@stalk.command()
+@doctor_options
+@serve_options
+@click.pass_context
+def doctor(ctx: click.Context, listen, output, **raw):
+    """Listen to the broker for a while and print a checklist of what is wrong and how to
+    fix it, with this app's broker, queues and routes. Exit status 0: all well; 1:
+    something to fix; 2: broker unreachable."""
+    from_app(ctx, ctx.find_object(CLIContext).app, raw)
+    run_doctor_with(raw, listen, output)
+
+
+def from_app(ctx: click.Context, app, raw: dict) -> None:
+    """Fill in ``raw`` what the app says, where no flag or env var was given."""
     given_file = ctx.get_parameter_source("broker_url_file") is not ParameterSource.DEFAULT
     for name, read in FROM_APP.items():
         if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT:
@@ -112,7 +135,6 @@ def stalk(ctx: click.Context, **raw):
         if name == "broker_url" and given_file:
             continue
         raw[name] = read(app)
-    run_with(raw, **beat_schedule(ctx, app, raw))
 
 
 def beat_schedule(ctx: click.Context, app, raw: dict) -> dict:

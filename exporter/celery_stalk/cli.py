@@ -61,6 +61,15 @@ def serve(**raw):
 def run_with(raw: dict, **run_options) -> None:
     """Parse the raw flag values into a Config and run the exporter (app.run, with
     ``run_options``: the app's beat schedule); exits."""
+    config = parse_config(raw)
+
+    from .app import run  # imported late: --help and bad flags stay fast
+
+    sys.exit(run(config, **run_options))
+
+
+def parse_config(raw: dict) -> Config:
+    """The raw flag values as a Config; exits 2 naming every bad one."""
     problems = []
     url_file = raw.pop("broker_url_file")
     if url_file:
@@ -77,10 +86,33 @@ def run_with(raw: dict, **run_options) -> None:
         for problem in problems:
             click.echo(f"celery-stalk: error: {problem}", err=True)
         sys.exit(2)
+    return config
 
-    from .app import run  # imported late: --help and bad flags stay fast
 
-    sys.exit(run(config, **run_options))
+def doctor_options(command):
+    """``doctor``'s own flags, besides the serve flags it shares (``celery stalk doctor`` too)."""
+    command = click.option("--format", "output", type=click.Choice(["text", "json"]),
+                           default="text", show_default=True,
+                           help="text for a terminal, json for scripts.")(command)
+    return click.option("--listen", "listen", type=click.FloatRange(1, 600), default=15.0,
+                        show_default=True, help="Seconds to listen to the event stream.")(command)
+
+
+@main.command()
+@doctor_options
+@serve_options
+def doctor(listen, output, **raw):
+    """Listen to the broker for a while and print a checklist of what is wrong and how to
+    fix it: broker, event stream, each worker (task events, heartbeat, clock), task-sent
+    events, queues. Exit status 0: all well; 1: something to fix; 2: broker unreachable."""
+    run_doctor_with(raw, listen, output)
+
+
+def run_doctor_with(raw: dict, listen: float, output: str) -> None:
+    config = parse_config(raw)
+    from .doctor import run_doctor
+
+    sys.exit(run_doctor(config, listen, output))
 
 
 @main.command()

@@ -54,6 +54,7 @@ class Config:
     inspect_interval: float  # 0: off
     inspect_timeout: float
     task_metrics_source: str  # events | workers
+    enable_events: float | None  # seconds between enable_events broadcasts; None: never
     web: webconfig.WebConfig
     web_max_connections: int
     web_max_client_connections: int

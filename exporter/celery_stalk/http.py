@@ -30,7 +30,10 @@ def build_app(
     ready: Callable[[], tuple[bool, str]],
     landing: dict[str, str],
     auth: BasicAuth | None = None,
+    problems: Callable[[], list] | None = None,
 ):
+    """``problems``: the configuration problems found now (problems.Problem), listed
+    on the landing page with their fixes (none: no such section)."""
     metrics_app = make_metrics_app(registry)
 
     def plain(start_response, status: str, body: str, headers=()):
@@ -72,7 +75,7 @@ def build_app(
             ok, why = ready()
             return plain(start_response, "200 OK" if ok else "503 Service Unavailable", why + "\n")
         if path == "/":
-            page = _landing_page(landing).encode()
+            page = _landing_page(landing, problems() if problems else None).encode()
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
                                       ("Content-Length", str(len(page)))])
             return [page]
@@ -81,16 +84,24 @@ def build_app(
     return app
 
 
-def _landing_page(facts: dict[str, str]) -> str:
+def _landing_page(facts: dict[str, str], problems: list | None = None) -> str:
     rows = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts.items()
     )
+    if problems:
+        items = "".join(f"<li><strong>{html.escape(p.what)}</strong>: {html.escape(p.fix)}</li>"
+                        for p in problems)
+        found = f'<h2>Problems</h2><ul id="problems">{items}</ul>'
+    elif problems is not None:
+        found = '<h2>Problems</h2><p id="problems">None found.</p>'
+    else:
+        found = ""
     return (
         "<!doctype html><html><head><title>celery-stalk</title></head><body>"
         "<h1>celery-stalk</h1><p>Prometheus exporter for Celery.</p>"
         '<ul><li><a href="metrics">/metrics</a></li><li><a href="healthz">/healthz</a></li>'
         '<li><a href="readyz">/readyz</a></li></ul>'
-        f"<table>{rows}</table></body></html>"
+        f"{found}<table>{rows}</table></body></html>"
     )
 
 

@@ -124,6 +124,10 @@ OPTIONS: tuple[Option, ...] = (
            "the workers serve them (celery_stalk.worker.install), so task events are not counted "
            "here and nothing is counted twice; queue depth and the worker view stay.", "choice",
            "events", arg=("events", "workers")),
+    Option("enable-events", "Every this many seconds, broadcast enable_events to the workers "
+           "(Celery remote control, over --broker-url), turning their task events on. A stopgap "
+           "for workers started without -E: it lasts until a worker restarts, and cannot turn on "
+           "the producers' task-sent events. Default: off.", "seconds"),
     Option("web-config-file", "YAML file that turns on TLS and basic auth for the HTTP endpoints "
            "(the Prometheus exporter-toolkit format: tls_server_config, basic_auth_users).",
            "web_config", name="web"),

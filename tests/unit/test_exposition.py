@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import zlib
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from celery_stalk.brokers import QueueDepth
 from celery_stalk.capacity import CapacityPoller
 from celery_stalk.collectors import (CATALOG, CapacityCollector, Exporter, QueueCollector,
                                      WebCollector, model_collectors)
+from celery_stalk.collectors.enable_events import EnableEventsCollector
+from celery_stalk.enable_events import EventEnabler
 from celery_stalk.exposition import SeriesCounter, SeriesHistogram
 from celery_stalk.model import BeatEntry, HistogramView, Model, ModelSettings
 from celery_stalk.sources import SourceState
@@ -51,6 +54,21 @@ class BrokenReader(FixedDepths):
         raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
 
+def enabler_after_two_broadcasts() -> EventEnabler:
+    """--enable-events after one broadcast sent and one that found the broker down."""
+    outcomes = iter([None, ConnectionError("Connection refused")])
+
+    def send(config, command):
+        outcome = next(outcomes)
+        if outcome is not None:
+            raise outcome
+
+    enabler = EventEnabler(None, 60.0, threading.Event(), send=send)
+    enabler.once()
+    enabler.once()
+    return enabler
+
+
 def render(model: Model, reader, now: float = 2000.0) -> str:
     registry = CollectorRegistry(auto_describe=False)
     source = SourceState()
@@ -63,7 +81,8 @@ def render(model: Model, reader, now: float = 2000.0) -> str:
     capacity.poll()
     exporter = Exporter([*model_collectors(model, source, clock=lambda: now),
                          QueueCollector(model, reader), CapacityCollector(capacity),
-                         WebCollector(WebStats())],
+                         WebCollector(WebStats()),
+                         EnableEventsCollector(enabler_after_two_broadcasts())],
                         __version__, clock=lambda: 0.0)
     registry.register(exporter)
     return generate_latest(registry).decode()

@@ -60,6 +60,12 @@ CATALOG: dict[str, Metric] = {
                "events; billiard's ExceptionWithTraceback is unwrapped from the traceback."),
         Metric("celery_task_runtime_seconds", "histogram", _TASK,
                "Task run time in seconds, from the runtime field of task-succeeded events."),
+        Metric("celery_stalk_task_sent_missing_total", "counter", _TASK,
+               "Runs of tasks that ended with no task-sent event seen for them: their "
+               "producer runs without task_send_sent_event (or they were sent before the "
+               "exporter started). Their queue comes from --task-route or another task-sent "
+               "of the same name, else it is unknown. A task name with none in "
+               "celery_task_sent_total: its producers send no task-sent events at all."),
         Metric("celery_task_queue_wait_seconds", "histogram", _TASK,
                "Seconds from task-sent (or the task's ETA/countdown, if later) to task-started, "
                "once per run: a retry from its own task-sent, a requeued message from its "
@@ -107,6 +113,19 @@ CATALOG: dict[str, Metric] = {
                "concurrency x worker_prefetch_multiplier, as it stands now), from Celery's "
                "inspect stats (every --inspect-interval). Named _limit, not _count: a gauge "
                "ending in _count reads as part of a histogram."),
+        Metric("celery_worker_task_events_enabled", "gauge", ("worker",),
+               "1 when task events arrive from the worker, 0 when its heartbeats show it "
+               "taking tasks (processed growing, active rising) and no task event from it "
+               "came within 30 s: it runs without -E / worker_send_task_events. Absent until "
+               "it has processed a task since the exporter first heard it."),
+        Metric("celery_worker_processed_total", "counter", ("worker",),
+               "Tasks the worker has accepted, from the processed field of its heartbeats "
+               "(works with task events off); a worker restart, which starts processed again "
+               "from 0, does not make it go down."),
+        Metric("celery_worker_clock_offset_seconds", "gauge", ("worker",),
+               "How far the worker's clock is ahead of the exporter's (negative: behind): its "
+               "events' timestamp minus the exporter's receive time, the largest of its last 8 "
+               "heartbeats, so that delivery delay does not count."),
         Metric("celery_workers", "gauge", (),
                "Workers currently up (celery_worker_up == 1)."),
         Metric("celery_worker_lost_total", "counter", (),
@@ -180,6 +199,9 @@ CATALOG: dict[str, Metric] = {
         Metric("celery_stalk_task_metrics_from_events", "gauge", (),
                "1 if this exporter counts task metrics from task events, 0 if it leaves them to "
                "instrumented workers (--task-metrics-source workers)."),
+        Metric("celery_stalk_enable_events_broadcasts_total", "counter", ("result",),
+               "enable_events broadcasts to the workers (--enable-events; absent when off), by "
+               "result: sent, failed (the broker could not be reached)."),
         Metric("celery_stalk_tracked_tasks", "gauge", (),
                "Tasks in flight kept for joining events (bounded by --max-tracked-tasks)."),
         Metric("celery_stalk_tracked_tasks_evicted_total", "counter", (),

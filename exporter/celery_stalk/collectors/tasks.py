@@ -7,7 +7,7 @@ from typing import Iterable
 from prometheus_client.core import Metric as Family
 
 from ..exposition import SeriesCounter, SeriesHistogram
-from ..model import TASK_EVENTS, Model
+from ..model import SENT_MISSING, TASK_EVENTS, Model
 from .catalog import CATALOG, labelled, single, task_counter
 
 
@@ -31,6 +31,7 @@ class TaskCollector:
         snap = self.model.task_snapshot()
         for event in TASK_EVENTS:
             yield self._counter(task_counter(event).name, snap.counters[event])
+        yield self._counter("celery_stalk_task_sent_missing_total", snap.counters[SENT_MISSING])
         yield self._counter("celery_task_exceptions_total", snap.exceptions)
         yield self._histogram("celery_task_runtime_seconds", snap.runtime, snap.runtime_buckets)
         yield self._histogram("celery_task_queue_wait_seconds", snap.wait, snap.wait_buckets)

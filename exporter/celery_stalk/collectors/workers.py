@@ -26,11 +26,23 @@ class WorkerCollector:
             family("celery_worker_last_heartbeat_timestamp_seconds"),
             family("celery_worker_tasks_active"),
         )
+        events_on, processed, offset = (
+            family("celery_worker_task_events_enabled"),
+            family("celery_worker_processed_total"),
+            family("celery_worker_clock_offset_seconds"),
+        )
         for worker, view in sorted(snap.workers.items()):
             up.add_metric([worker], 1 if view.up else 0)
             offline.add_metric([worker], 1 if view.offline else 0)
             heartbeat.add_metric([worker], view.last_heartbeat)
             active.add_metric([worker], view.active)
-        yield from (up, offline, heartbeat, active)
+            d = view.diagnosis
+            if d is not None:
+                if d.task_events is not None:
+                    events_on.add_metric([worker], 1 if d.task_events else 0)
+                processed.add_metric([worker], d.processed_total)
+                if d.clock_offset is not None:
+                    offset.add_metric([worker], d.clock_offset)
+        yield from (up, offline, heartbeat, active, events_on, processed, offset)
         yield single("celery_workers", sum(1 for v in snap.workers.values() if v.up))
         yield single("celery_worker_lost_total", snap.workers_lost)

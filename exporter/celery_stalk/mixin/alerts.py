@@ -278,14 +278,14 @@ def alerts(c: Config) -> list[Alert]:
             summary="Celery workers run tasks but celery-stalk receives no task events.",
             description=(
                 "celery-stalk ({{ $labels.job }}) has received no task events from workers "
-                f"for {c.events_stalled_window}, while workers start and finish tasks. Start "
+                f"for {c.events_stalled_window}, while workers take new tasks. Start "
                 "the workers with -E or set worker_send_task_events = True (at runtime: celery "
                 "-A proj control enable_events). If they already send events, the exporter's "
                 "event consumer is stuck: restart it."
             ),
             when=(
-                "workers start or finish tasks (heartbeats, or the broker shows queues "
-                f"consumed) but no task event arrived for {c.events_stalled_window}, for "
+                "workers take new tasks (heartbeats' processed count, or the broker shows "
+                f"queues consumed) but no task event arrived for {c.events_stalled_window}, for "
                 f"{c.events_stalled_for}"
             ),
             pages=(
@@ -299,13 +299,14 @@ def alerts(c: Config) -> list[Alert]:
                 "events, which workers send only when started with `-E` or with "
                 "`worker_send_task_events = True`. This fires when the evidence says tasks start "
                 f"or finish but none of their events arrived for {c.events_stalled_window}: "
-                "either heartbeats show the number of tasks executing changing "
-                "(`celery_worker_tasks_active`) yet no task-received/started/succeeded/failed "
-                "event came, or the exporter heard no event at all while the broker shows the "
-                "queues being consumed (RabbitMQ consumers, or a Redis queue depth that keeps "
-                "going down). A task that runs longer than the window keeps the count steady "
-                "and does not fire it. A fleet whose every slot stays busy, so that the count "
-                "never changes, is judged by the second test only."
+                "either heartbeats show workers taking new tasks "
+                "(`celery_worker_processed_total` growing) yet no task-received/started/"
+                "succeeded/failed event came from any, or the exporter heard no event at all "
+                "while the broker shows the queues being consumed (RabbitMQ consumers, or a "
+                "Redis queue depth that keeps going down). A task that runs longer than the "
+                "window adds one to `processed` when it starts, together with its own task "
+                "events, and nothing after: it does not fire this. Workers the exporter knows "
+                "run without task events page as `CeleryWorkerTaskEventsOff`, by name, instead."
             ),
             confirm=(
                 "`celery -A proj inspect active` shows tasks running; "
@@ -319,6 +320,56 @@ def alerts(c: Config) -> list[Alert]:
                 "turns events on until the next restart. If events do exist, restart the "
                 "exporter and report it as a bug: its consumer should never be stuck. Redis drops a "
                 "subscriber whose output buffer overflows (`client-output-buffer-limit pubsub`)."
+            ),
+        ),
+        Alert(
+            group="workers",
+            name="CeleryWorkerTaskEventsOff",
+            expr=_once(c, f"""\
+{_sel(c, "celery_worker_task_events_enabled")} == 0
+and
+{_sel(c, "celery_worker_up")} == 1"""),
+            for_=c.task_events_off_for,
+            severity="warning",
+            summary="A Celery worker runs tasks without sending task events.",
+            description=(
+                "Celery worker {{ $labels.worker }} processes tasks but sends no task events, "
+                "so its tasks are missing from every task metric and alert. Start it with -E "
+                "or set worker_send_task_events = True (Django: "
+                "CELERY_WORKER_SEND_TASK_EVENTS = True)."
+            ),
+            when=(
+                "the exporter saw a worker's heartbeats count new tasks with no task-started "
+                f"from it within 30 s, for {c.task_events_off_for}"
+            ),
+            pages=(
+                f"Within {_within('30s', c.task_events_off_for)} of the worker's first task: "
+                "the exporter waits 30 s for the task events of work a heartbeat shows (they "
+                f"come within milliseconds when on), then `for: {c.task_events_off_for}` lets "
+                "a worker restarted with -E in the same deploy turn it back first. It names "
+                "the worker; it resolves at the worker's first task event, or when it is down."
+            ),
+            meaning=(
+                "`celery_worker_task_events_enabled` is 0: the worker's heartbeats show its "
+                "`processed` count growing (or `active` rising) and no task-started event "
+                "came from it. The worker was started without `-E` and without "
+                "`worker_send_task_events = True`: often a Django project whose settings use "
+                "the `CELERY_` namespace but set `CELERY_SEND_EVENTS` or another old name, or "
+                "a worker command line that lost its `-E`. Its tasks show only as sent "
+                "(`celery_task_sent_total`): no received, succeeded, failed, run time or wait, "
+                "and the task alerts cannot see them. Its throughput is still in "
+                "`celery_worker_processed_total`."
+            ),
+            confirm=(
+                "`celery-stalk doctor --broker-url URL` lists each worker with task events "
+                "on or off; the exporter's log and landing page name it with the fix. The "
+                "worker's start banner says `task events: OFF`."
+            ),
+            fix=(
+                "Add `-E` to the worker command, or set `worker_send_task_events = True` "
+                "(Django with `namespace=\"CELERY\"`: `CELERY_WORKER_SEND_TASK_EVENTS = True`) "
+                "and restart the worker. `celery -A proj control enable_events` (or the "
+                "exporter's `--enable-events`) turns them on until the worker's next restart."
             ),
         ),
         Alert(
@@ -676,16 +727,18 @@ def _burst_note(c: Config) -> str:
 def _events_stalled(c: Config) -> str:
     w = c.events_stalled_window
     task_events = _sel(c, "celery_stalk_events_total", f'type=~"{WORKER_TASK_EVENTS}"')
-    # Tasks start or end: the count a worker executes changed. A single long task keeps
-    # it steady, so it cannot look like missing events however long it runs. A task event
-    # arrived: its counter grew, or its series appeared (the first task events after an
-    # exporter restart create them, and increase() cannot see a series' first sample).
+    # Workers took new tasks: their heartbeats' processed count grew. A single long task
+    # adds one when it starts, with its own task events, and nothing after: however long
+    # it runs, it cannot look like missing events. A task event arrived: its counter grew,
+    # or its series appeared (the first task events after an exporter restart create
+    # them, and increase() cannot see a series' first sample). A worker the exporter knows
+    # runs without task events pages as CeleryWorkerTaskEventsOff, by name, not here.
     # An exporter run with --task-metrics-source workers expects no task events at all.
     return _once(c, f"""\
 (
 (
     sum without (worker) (
-        changes({_sel(c, "celery_worker_tasks_active")}[{w}]) > 0
+        increase({_sel(c, "celery_worker_processed_total")}[{w}]) > 0
       and
         {_sel(c, "celery_worker_up")} == 1
     )
@@ -693,6 +746,8 @@ def _events_stalled(c: Config) -> str:
     sum without (type) (increase({task_events}[{w}])) > 0
   unless
     sum without (type) ({task_events} unless {task_events} offset {w})
+  unless on ({_target(c)})
+    {_sel(c, "celery_worker_task_events_enabled")} == 0
 )
 or
 (

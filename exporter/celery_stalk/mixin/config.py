@@ -63,9 +63,12 @@ class Config:
     # A total broker outage pages within 2.5 minutes; a failover under 2 minutes does not.
     broker_unreachable_for: str = "2m"
 
-    # Worker heartbeats show tasks starting or ending, but no task event arrived.
+    # Worker heartbeats show tasks processed, but no task event arrived.
     events_stalled_window: str = "10m"
     events_stalled_for: str = "5m"
+    # The exporter judged a worker's task events off (30 s after its first task without
+    # them); for: lets a worker restarted with -E right after a deploy turn it back.
+    task_events_off_for: str = "2m"
 
     # A lost worker pages at once (the exporter's --worker-timeout already told a dead
     # worker from a late heartbeat) and stops paging this long after its last heartbeat.
@@ -204,6 +207,7 @@ TEST = replace(
     broker_unreachable_for="5s",
     events_stalled_window="20s",
     events_stalled_for="5s",
+    task_events_off_for="5s",
     worker_lost_window="25s",
     worker_lost_settle="15s",
     no_consumers_window="10s",

@@ -400,12 +400,24 @@ def worker() -> tuple[str, list[dict]]:
                    [target(f"sum by (worker) ("
                            f"{gauge('celery_worker_tasks_reserved', WORKER_LABELS)})",
                            "{{worker}}")]),
-        table("Workers", "Each worker's state, tasks executing and heartbeat age.", {
+        timeseries("Tasks taken", "Tasks per second each worker accepted, from the processed "
+                   "field of its heartbeats: there with task events off too.",
+                   [target(f"sum by (worker) ({rate('celery_worker_processed_total', WORKER_LABELS)})",
+                           "{{worker}}")], "ops"),
+        timeseries("Clock offset", "How far each worker's clock is ahead of the exporter's "
+                   "(negative: behind); past a second or two, queue waits are off by as much.",
+                   [target(f"max by (worker) "
+                           f"({sel('celery_worker_clock_offset_seconds', WORKER_LABELS)})",
+                           "{{worker}}")], "s"),
+        table("Workers", "Each worker's state, tasks executing, heartbeat age, pool size, tasks "
+              "reserved and whether its task events arrive (no: start it with -E).", {
             "state": WORKER_STATE,
             "executing": f"max by (worker) ({sel('celery_worker_tasks_active', WORKER_LABELS)})",
             "heartbeat age": HEARTBEAT_AGE,
             "concurrency": f"max by (worker) ({sel('celery_worker_concurrency', WORKER_LABELS)})",
             "reserved": f"max by (worker) ({sel('celery_worker_tasks_reserved', WORKER_LABELS)})",
+            "task events": f"min by (worker) "
+                           f"({sel('celery_worker_task_events_enabled', WORKER_LABELS)})",
         }),
     ]
 

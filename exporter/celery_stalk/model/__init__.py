@@ -29,19 +29,20 @@ from .fields import (
     id_refusal,
 )
 from .labels import MAX_LABEL_LENGTH, OTHER, UNKNOWN, LabelCap, exception_class, label_value
-from .ledger import TASK_EVENTS, HistogramView, TaskLedger, TaskSnapshot
+from .ledger import SENT_MISSING, TASK_EVENTS, HistogramView, TaskLedger, TaskSnapshot
 from .routes import TaskRoutes
 from .settings import ModelSettings
 from .stages import StageSnapshot
 from .tasks import TaskEvents
 from .tracker import TaskTracker
-from .workers import WORKER_EVENTS, WorkerRegistry, WorkerSnapshot, WorkerView
+from .workers import WORKER_EVENTS, DiagnosisView, WorkerRegistry, WorkerSnapshot, WorkerView
 from .workflows import WorkflowSnapshot, WorkflowTracker
 
 __all__ = [
     "BAD_VALUE", "MAX_DURATION", "MAX_LABEL_LENGTH", "MISSING_FIELD", "MISSING_TYPE",
-    "BeatEntry", "BeatSnapshot", "StageSnapshot", "WorkflowSnapshot",
-    "NOT_AN_OBJECT", "OTHER", "TASK_EVENTS", "UNKNOWN", "WORKER_EVENTS", "HistogramView",
+    "BeatEntry", "BeatSnapshot", "DiagnosisView", "StageSnapshot", "WorkflowSnapshot",
+    "NOT_AN_OBJECT", "OTHER", "SENT_MISSING", "TASK_EVENTS", "UNKNOWN", "WORKER_EVENTS",
+    "HistogramView",
     "LabelCap", "Model", "ModelSettings", "Snapshot", "TaskRoutes", "WorkerView",
     "exception_class", "label_value",
 ]
@@ -102,6 +103,8 @@ class Model:
         self.counts_task_events = count_task_events
         self._task_handlers = self.tasks.handlers() if count_task_events else {}
         self._other_handlers = self.workers.handlers()
+        self.workers.judges_task_events = count_task_events
+        self.tasks.worker_records = self.workers.workers  # task-started notes its worker's
 
     # -- input ------------------------------------------------------------
 
@@ -250,6 +253,18 @@ class Model:
                      self._stages(now))
         values = {f.name: getattr(part, f.name) for part in parts for f in dataclasses.fields(part)}
         return Snapshot(now=now, **values)
+
+    def unsent_tasks(self) -> dict[str, list[str]]:
+        """Task names whose runs ended without a task-sent and that never had one, with
+        the queues they were counted under: their producers send no task-sent events."""
+        with self._lock:
+            counters = self.ledger.counters
+            sent = {name for name, _ in counters["task-sent"]}
+            found: dict[str, list[str]] = {}
+            for name, queue in counters[SENT_MISSING]:
+                if name not in sent:
+                    found.setdefault(name, []).append(queue)
+            return found
 
     def known_queues(self) -> list[str]:
         """Queues to read depth for: --queue, task-sent queues and broker bindings."""

@@ -21,6 +21,8 @@ TASK_EVENTS = (
 )
 
 Labels = tuple[str, str]  # (task, queue)
+# Not an event: runs of tasks that ended with no task-sent seen for them (tasks.py).
+SENT_MISSING = "sent-missing"
 
 
 class Histogram:
@@ -71,7 +73,8 @@ class TaskLedger:
         s = settings
         self.runtime_buckets = s.runtime_buckets
         self.wait_buckets = s.wait_buckets
-        self.counters: dict[str, dict[Labels, int]] = {kind: {} for kind in TASK_EVENTS}
+        self.counters: dict[str, dict[Labels, int]] = {
+            kind: {} for kind in (*TASK_EVENTS, SENT_MISSING)}
         self.exceptions: dict[tuple[str, str, str], int] = {}
         self.runtime: dict[Labels, Histogram] = {}
         self.wait: dict[Labels, Histogram] = {}

@@ -36,3 +36,7 @@ class ModelSettings:
     # normally milliseconds late; the margin is for a producer starved of CPU, since
     # a wrong queue label stays in the counters for good and a late count does not.
     queue_hold: float = 5.0
+    # Seconds within which a worker's task events must explain the work its heartbeats
+    # show, else its task events count as off (model/diagnosis.py). Celery sends them
+    # within milliseconds of that work; the margin is for a loaded exporter.
+    task_events_grace: float = 30.0

@@ -26,7 +26,7 @@ from .fields import (
     runnable_from,
 )
 from .labels import UNKNOWN, exception_class, label_value
-from .ledger import Labels, TaskLedger
+from .ledger import SENT_MISSING, Labels, TaskLedger
 from .routes import TaskRoutes
 from .settings import ModelSettings
 from .stages import PENDING, RESERVED, RUNNING, TaskStages
@@ -86,6 +86,9 @@ class TaskEvents:
         tracker.on_evict = self.stages.evict
         ledger.on_forget_task.append(self.stages.forget_task)
         ledger.on_forget_queue.append(self.stages.forget_queue)
+        # The worker registry's records by hostname (Model sets it): a task-started tells
+        # that its worker's task events are on (model/diagnosis.py).
+        self.worker_records: dict = {}
 
     def handlers(self) -> dict:
         return {
@@ -145,6 +148,8 @@ class TaskEvents:
         for kind, detail in held:
             self._count(kind, labels, detail)
         if _ends(held):  # it ended while held
+            if not task.settled:  # and its task-sent did not come
+                self.ledger.count(SENT_MISSING, labels)
             self.tracker.pop(task_id)
             self.stages.leave(task_id, task)
             self.ended.add(task_id)
@@ -285,6 +290,10 @@ class TaskEvents:
         return None
 
     def on_started(self, task_id: str, event: dict, now: float) -> str | None:
+        host = event.get("hostname")  # inline, the hot path: see worker_records
+        worker = self.worker_records.get(host) if type(host) is str else None
+        if worker is not None:
+            worker.diagnosis.task_event_at = now
         self.ended.discard(task_id)
         task = self.tracker.get_or_add(task_id)
         task.started = number(event.get("timestamp"))
@@ -319,6 +328,8 @@ class TaskEvents:
         if task is None or task_id in self.workflows.member_of:  # else: in no workflow
             self._left_workflow(task_id, task, kind, detail, event, now)
         labels = self.labels(kind, task)
+        if task is not None and not task.settled:  # its task-sent never came
+            self.ledger.count(SENT_MISSING, labels)
         if kind == "task-succeeded":  # the hot path, inline
             counter = self._succeeded
             counter[labels] = counter.get(labels, 0) + 1

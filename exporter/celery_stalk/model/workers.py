@@ -12,6 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
+from .diagnosis import WorkerDiagnosis
 from .fields import MAX_HEARTBEAT_INTERVAL, gauge_int, label_refusal, number
 from .settings import ModelSettings
 
@@ -19,7 +20,8 @@ WORKER_EVENTS = ("worker-online", "worker-heartbeat", "worker-offline")
 
 
 class Worker:
-    __slots__ = ("last_seen", "active", "processed", "freq", "offline", "lost", "version")
+    __slots__ = ("last_seen", "active", "processed", "freq", "offline", "lost", "version",
+                 "diagnosis")
 
     def __init__(self) -> None:
         self.last_seen = 0.0  # exporter's receive time: worker clocks cannot fool it
@@ -29,6 +31,7 @@ class Worker:
         self.offline = False  # said goodbye (worker-offline): a clean shutdown
         self.lost = False  # went silent without saying goodbye
         self.version = ""
+        self.diagnosis = WorkerDiagnosis()  # task events on/off, processed, clock offset
 
 
 @dataclass
@@ -39,6 +42,18 @@ class WorkerView:
     active: int
     processed: int
     version: str
+    diagnosis: DiagnosisView | None = None
+
+
+@dataclass(frozen=True)
+class DiagnosisView:
+    """What the worker's heartbeats and task events say about its configuration."""
+
+    task_events: bool | None  # None: not decided yet (no task processed since first seen)
+    processed_total: int
+    clock_offset: float | None  # seconds its clock is ahead of the exporter's (behind: < 0)
+    freq: float
+    system: str
 
 
 @dataclass
@@ -79,6 +94,8 @@ class WorkerRegistry:
         # worker-offline (the task stages: orphaned or handed back).
         self.on_lost: list[Callable[[str], None]] = []
         self.on_offline: list[Callable[[str], None]] = []
+        # Off when task events are not applied (the workers serve task metrics).
+        self.judges_task_events = True
 
     def handlers(self) -> dict:
         return dict.fromkeys(WORKER_EVENTS, self.on_worker_event)
@@ -121,6 +138,7 @@ class WorkerRegistry:
         version = event.get("sw_ver")
         if isinstance(version, str):
             worker.version = version[:64]
+        worker.diagnosis.on_heartbeat(event, now, self.settings.task_events_grace)
         return None
 
     def _make_room(self) -> None:
@@ -185,6 +203,8 @@ class WorkerRegistry:
                 self.down[hostname] = None
                 for listener in self.on_lost:
                     listener(hostname)
+            if self.judges_task_events:
+                worker.diagnosis.judge(now, self.settings.task_events_grace)
         for hostname in forget:
             self._forget(hostname)
 
@@ -200,8 +220,15 @@ class WorkerRegistry:
                     active=w.active,
                     processed=w.processed,
                     version=w.version,
+                    diagnosis=self._diagnosis_view(w),
                 )
                 for name, w in self.workers.items()
             },
             workers_lost=self.lost_total,
         )
+
+    def _diagnosis_view(self, w: Worker) -> DiagnosisView:
+        d = w.diagnosis
+        return DiagnosisView(task_events=d.events_on if self.judges_task_events else None,
+                             processed_total=d.processed_total, clock_offset=d.clock_offset(),
+                             freq=w.freq, system=d.system)

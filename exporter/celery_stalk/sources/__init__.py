@@ -5,9 +5,6 @@ from __future__ import annotations
 import socket
 import uuid
 
-from celery import Celery
-from kombu import Connection
-
 from ..model import Model
 from .state import SourceState
 from .supervisor import EventSource
@@ -47,12 +44,6 @@ def node_id() -> str:
 
 def wake_workers(config) -> None:
     """Broadcast ``heartbeat`` to every worker: each answers with one at once."""
-    from .kombu import CONNECT_TIMEOUT
+    from ..control import broadcast
 
-    options = config.transport_options
-    if config.transport == "redis":  # a broker that accepts but never answers must not hang us
-        options = {"socket_timeout": CONNECT_TIMEOUT, **options}
-    control = Celery(set_as_current=False)
-    with Connection(config.broker_url, transport_options=options, ssl=config.kombu_ssl,
-                    connect_timeout=CONNECT_TIMEOUT) as connection:
-        control.control.broadcast("heartbeat", connection=connection)
+    broadcast(config, "heartbeat")
