@@ -1,8 +1,11 @@
-"""Queue depth on Redis: LLEN of each queue's base list and priority sub-lists.
+"""Queue depth on Redis: LLEN of each queue's base list and priority sub-lists, and the
+age of its oldest message from the message at the consuming end of each.
 
 kombu keeps messages of priority step N (N > 0) in a separate list named
 ``QUEUE + sep + N``; counting only the base list undercounts a backlog of
-prioritised tasks. All lists of all queues are read in one pipelined round trip.
+prioritised tasks. kombu pushes with LPUSH and pops with BRPOP, so each list's oldest
+message is at index -1 (LINDEX -1, dated in heads.py). All lists of all queues are read
+in one pipelined round trip.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import QueueDepth, is_internal_queue
+from .heads import HeadAges
 
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
 DEFAULT_SEP = "\x06\x16"
@@ -24,7 +28,8 @@ INTERNAL_EXCHANGES = frozenset({"celeryev", "celery.pidbox", "reply.celery.pidbo
 
 class RedisQueueReader:
     def __init__(self, broker_url: str, transport_options: dict, timeout: float,
-                 ssl: dict | bool = False):
+                 ssl: dict | bool = False, head_ages: HeadAges | None = None):
+        self.head_ages = head_ages or HeadAges()
         self.steps = tuple(sorted(set(transport_options.get("priority_steps", DEFAULT_PRIORITY_STEPS))))
         self.sep = transport_options.get("sep", DEFAULT_SEP)
         self.prefix = transport_options.get("global_keyprefix", "")
@@ -52,19 +57,33 @@ class RedisQueueReader:
             self.client.ping()  # still prove the broker answers
             return {}
         pipe = self.client.pipeline(transaction=False)
-        spans = []
-        for queue in queues:
-            keys = self.keys_for(queue)
-            spans.append(len(keys))
+        keyed = [(queue, self.keys_for(queue)) for queue in queues]
+        for _, keys in keyed:
             for key in keys:
                 pipe.llen(key)
+                pipe.lindex(key, -1)
         # A key of another type answers WRONGTYPE: that list holds no messages.
         results = iter(pipe.execute(raise_on_error=False))
-        depths = {}
-        for queue, span in zip(queues, spans):
-            total = sum(r for r in (next(results) for _ in range(span)) if isinstance(r, int))
-            depths[queue] = QueueDepth(messages=total)
-        return depths
+        totals, heads = {}, {}
+        for queue, keys in keyed:
+            total, found = 0, []
+            for key in keys:
+                length, head = next(results), next(results)
+                if isinstance(length, int):
+                    total += length
+                if length and isinstance(head, bytes):
+                    found.append((key, head))
+            totals[queue] = total
+            if found:
+                heads[queue] = found
+        ages = self.head_ages.ages(heads)
+        return {queue: QueueDepth(messages=total, oldest_age=ages.get(queue))
+                for queue, total in totals.items()}
+
+    @property
+    def invalid(self) -> dict[str, int]:
+        """Heads that gave no task id, by reason (counted once per message)."""
+        return self.head_ages.invalid
 
     def discover(self) -> list[str]:
         """Queues with a kombu binding (``_kombu.binding.<exchange>`` sets)."""

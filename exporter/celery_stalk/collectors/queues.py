@@ -1,4 +1,5 @@
-"""Queue depth and consumers from one broker read per scrape, and celery_stalk_broker_up."""
+"""Queue depth, consumers and the oldest message's age from one broker read per scrape
+(or the RabbitMQ management poll's last result), and celery_stalk_broker_up."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from prometheus_client.core import Metric as Family
 
 from ..brokers import QueueReader
 from ..model import Model
-from .catalog import family, single
+from .catalog import family, labelled, single
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class QueueCollector:
         self.reader = reader
 
     def collect(self) -> Iterable[Family]:
+        yield from self._health()
         queues = self.model.known_queues()
         try:
             depths = self.reader.read(queues)
@@ -33,12 +35,29 @@ class QueueCollector:
             log.warning("cannot read queue depths from the broker: %s: %s", type(exc).__name__, exc)
             yield single("celery_stalk_broker_up", 0)
             raise CollectorFailed from exc
-        messages, consumers = family("celery_queue_messages"), family("celery_queue_consumers")
+        names = ("celery_queue_messages", "celery_queue_consumers",
+                 "celery_queue_oldest_message_age_seconds", "celery_queue_messages_unacked",
+                 "celery_queue_consumer_utilisation")
+        fields = ("messages", "consumers", "oldest_age", "unacked", "consumer_utilisation")
+        families = [family(name) for name in names]
         for queue, depth in sorted(depths.items()):
-            messages.add_metric([queue], depth.messages)
-            if depth.consumers is not None:
-                consumers.add_metric([queue], depth.consumers)
-        yield messages
-        if consumers.samples:
-            yield consumers
+            for fam, field in zip(families, fields):
+                value = getattr(depth, field)
+                if value is not None:  # the broker cannot tell, or the queue is empty
+                    fam.add_metric([queue], value)
+        yield families[0]
+        yield from (fam for fam in families[1:] if fam.samples)
         yield single("celery_stalk_broker_up", 1)
+
+    def _health(self) -> Iterable[Family]:
+        """The reader's own counters, kept whether or not this read succeeds."""
+        invalid = getattr(self.reader, "invalid", None)
+        if invalid is not None:
+            yield labelled("celery_stalk_queue_heads_invalid_total", invalid)
+        status = getattr(self.reader, "status", None)
+        if status is not None:
+            failures, last_success = status()
+            yield single("celery_stalk_rabbitmq_management_polls_failed_total", failures)
+            if last_success is not None:
+                yield single("celery_stalk_rabbitmq_management_last_success_timestamp_seconds",
+                             last_success)

@@ -13,7 +13,7 @@ class TrackedTask:
     """
 
     __slots__ = ("name", "queue", "settled", "run", "started", "earlier_starts", "ready_run",
-                 "ready", "more_ready", "held", "first")
+                 "ready", "more_ready", "held", "first", "sent")
 
     def __init__(self) -> None:
         self.name: str | None = None
@@ -36,6 +36,9 @@ class TrackedTask:
         # Its task-sent's timestamp, else its first task-received's: when a workflow it is
         # the root of started.
         self.first: float | None = None
+        # Its latest task-sent's timestamp (a retry's own message is sent again): dates
+        # its message while it waits in the broker (brokers/heads.py).
+        self.sent: float | None = None
 
     def add_ready(self, run: int | None, at: float) -> None:
         if self.ready is None or self.ready_run == run:
