@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
+import orjson
 import time
 from typing import Callable, Iterable
 
@@ -45,8 +45,8 @@ def _task_id(value: object) -> str | None:
 def head_task_id(raw: bytes) -> str:
     """The Celery task id of one message as kombu stores it in Redis; raises MalformedHead."""
     try:
-        envelope = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        envelope = orjson.loads(raw)  # the JSON decoder of the event hot path: 3x json's speed
+    except orjson.JSONDecodeError:
         raise MalformedHead(NOT_JSON) from None
     if not isinstance(envelope, dict):
         raise MalformedHead(NOT_JSON)
@@ -65,8 +65,8 @@ def head_task_id(raw: bytes) -> str:
         raise MalformedHead(BODY_UNREADABLE if isinstance(body, str) else NO_TASK_ID)
     try:
         text = base64.b64decode(body, validate=True) if encoding == "base64" else body
-        payload = json.loads(text)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        payload = orjson.loads(text)
+    except (ValueError, binascii.Error):
         raise MalformedHead(BODY_UNREADABLE) from None
     task_id = _task_id(payload.get("id")) if isinstance(payload, dict) else None
     if task_id is None:
