@@ -166,3 +166,21 @@ def test_the_model_gives_the_latest_task_sent_of_tasks_in_flight():
     assert model.sent_times(["a"]) == {"a": 600.0}
     model.apply(ev.succeeded("b"), 1002.0)
     assert model.sent_times(["b"]) == {}
+
+
+def test_a_head_still_undated_a_minute_after_first_seen_is_not_looked_up_again():
+    asked = []
+
+    def sent_times(ids):
+        asked.append(list(ids))
+        return {}
+
+    clock = Clock(1000.0)
+    ages = HeadAges(sent_times=sent_times, clock=clock)
+    heads = {"work": [("work", message("a"))]}
+    ages.ages(heads)
+    clock.now = 1059.0
+    ages.ages(heads)
+    clock.now = 1061.0
+    assert ages.ages(heads) == {"work": 61.0}
+    assert asked == [["a"], ["a"]]

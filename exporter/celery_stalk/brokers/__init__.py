@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Iterable, NamedTuple, Protocol
 
 
-@dataclass(frozen=True)
-class QueueDepth:
+class QueueDepth(NamedTuple):
+    """One queue as the broker reports it (a tuple: a scrape makes one per queue)."""
+
     # None below: this broker (or this way of reading it) cannot tell.
     messages: int  # ready
     consumers: int | None = None

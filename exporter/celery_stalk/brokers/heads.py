@@ -87,6 +87,10 @@ class Head:
 
 
 SentTimes = Callable[[list[str]], dict[str, float]]
+# A head's task-sent event, if its producer sends one, reaches the model within moments
+# of the message (events and messages travel through the same broker): a head still
+# undated this long after it was first seen is not asked about again.
+SENT_LOOKUP_WINDOW = 60.0
 
 
 def no_sent_times(task_ids: list[str]) -> dict[str, float]:
@@ -125,7 +129,7 @@ class HeadAges:
                 if head.task_id is None:
                     continue
                 by_queue.setdefault(queue, []).append(head)
-                if not head.dated:
+                if not head.dated and now - head.born < SENT_LOOKUP_WINDOW:
                     undated.append(head)
         self.heads = seen
         if undated:

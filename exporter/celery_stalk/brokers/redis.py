@@ -32,7 +32,10 @@ class RedisQueueReader:
                  ssl: dict | bool = False, head_ages: HeadAges | None = None):
         self.head_ages = head_ages or HeadAges()
         self._lock = threading.Lock()
-        self._packed: tuple[tuple[str, ...], list[bytes]] | None = None  # (keys, request)
+        # Kept while the queue list stays the same: (queues, their keys, each key's queue)
+        # and (keys, the packed request).
+        self._layout: tuple[list[str], tuple[str, ...], list[str]] | None = None
+        self._packed: tuple[tuple[str, ...], list[bytes]] | None = None
         self.steps = tuple(sorted(set(transport_options.get("priority_steps", DEFAULT_PRIORITY_STEPS))))
         self.sep = transport_options.get("sep", DEFAULT_SEP)
         self.prefix = transport_options.get("global_keyprefix", "")
@@ -59,24 +62,25 @@ class RedisQueueReader:
         if not queues:
             self.client.ping()  # still prove the broker answers
             return {}
-        keyed = [(queue, self.keys_for(queue)) for queue in queues]
         with self._lock:  # one scrape at a time dates the heads
-            replies = iter(self._round_trip(tuple(key for _, keys in keyed for key in keys)))
-            totals, heads = {}, {}
-            for queue, keys in keyed:
-                total, found = 0, []
-                for key in keys:
-                    length, head = next(replies), next(replies)
-                    if isinstance(length, int):
-                        total += length
-                    if length and isinstance(head, bytes):
-                        found.append((key, head))
-                totals[queue] = total
-                if found:
-                    heads[queue] = found
+            if self._layout is None or self._layout[0] != queues:
+                keyed = [(queue, key) for queue in queues for key in self.keys_for(queue)]
+                self._layout = (queues, tuple(key for _, key in keyed),
+                                [queue for queue, _ in keyed])
+            _, keys, owners = self._layout
+            replies = self._round_trip(keys)
+            totals = dict.fromkeys(queues, 0)
+            heads: dict[str, list[tuple[str, bytes]]] = {}
+            for queue, key, length, head in zip(owners, keys, replies[0::2], replies[1::2]):
+                if length:  # an int; None for a key of another type
+                    totals[queue] += length
+                    if head is not None:
+                        if queue in heads:
+                            heads[queue].append((key, head))
+                        else:
+                            heads[queue] = [(key, head)]
             ages = self.head_ages.ages(heads)
-        return {queue: QueueDepth(messages=total, oldest_age=ages.get(queue))
-                for queue, total in totals.items()}
+        return {queue: QueueDepth(total, None, ages.get(queue)) for queue, total in totals.items()}
 
     def _round_trip(self, keys: tuple[str, ...]) -> list:
         """LLEN and LINDEX -1 of every key, pipelined: sent at once, then every reply read.
