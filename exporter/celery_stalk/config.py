@@ -334,7 +334,8 @@ class Parser:
             )
 
     def _rabbitmq_management(self, values: dict) -> None:
-        """The management API: a RabbitMQ broker, an http(s) URL, a readable CA file. Credentials written into the URL move to the user and password."""
+        """The management API: a RabbitMQ broker, an http(s) URL, a readable CA file.
+        Credentials written into the URL move to the user and password."""
         url = values["rabbitmq_management_url"]
         ca_file = values["rabbitmq_management_ca_file"]
         if not url:
