@@ -79,12 +79,18 @@ def test_management_api_reports_every_queue_of_the_vhost_with_unacked_and_consum
         "celery_stalk_rabbitmq_management_last_success_timestamp_seconds") < 10
 
 
-def test_rejected_credentials_are_a_failure_metric_and_never_printed(rabbitmq_management, fleet):
+@pytest.mark.parametrize("given_by", ["env", "file"])
+def test_rejected_credentials_are_a_failure_metric_and_never_printed(rabbitmq_management, fleet,
+                                                                    tmp_path, given_by):
     server = rabbitmq_management
     secret = "not-the-password-9f3c"
+    if given_by == "env":
+        args, env = (), {"CELERY_STALK_RABBITMQ_MANAGEMENT_PASSWORD": secret}
+    else:
+        (tmp_path / "password").write_text(secret + "\n")
+        args, env = ("--rabbitmq-management-password-file", str(tmp_path / "password")), {}
     exporter = fleet(management_exporter(
-        server, "--rabbitmq-management-user", "guest",
-        env={"CELERY_STALK_RABBITMQ_MANAGEMENT_PASSWORD": secret}))
+        server, "--rabbitmq-management-user", "guest", *args, env=env))
     m = eventually(lambda: (m := exporter.scrape()).get(
         "celery_stalk_rabbitmq_management_polls_failed_total", default=0) >= 2 and m, 20)
     assert m.get("celery_stalk_broker_up") == 0
