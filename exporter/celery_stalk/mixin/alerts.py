@@ -445,8 +445,8 @@ def alerts(c: Config) -> list[Alert]:
             ),
             pages=(
                 f"Within {_within(c.queue_oldest_age_for)} of the oldest message turning "
-                f"{c.queue_oldest_age_seconds:g} s old: at most {c.queue_oldest_age_seconds:g} "
-                f"s plus {span(c.queue_oldest_age_for)} after a task is sent to a queue nobody "
+                f"{c.queue_oldest_age_seconds:g} s old: {c.queue_oldest_age_seconds:g} s plus "
+                f"{_within(c.queue_oldest_age_for)} after a task is sent to a queue nobody "
                 "takes from, whether or not tasks keep arriving and whatever the depth. The "
                 "age is a duration already, so `for:` is short; a busy queue keeps renewing its "
                 "head and never comes near the threshold, and the alert resolves at the first "
@@ -471,9 +471,10 @@ def alerts(c: Config) -> list[Alert]:
             ),
             fix=(
                 "Start workers for the queue (`celery -A proj worker -Q QUEUE`), or add "
-                "concurrency if they are saturated. A message every worker refuses "
-                "(a task name no worker knows, an undecodable body) stays at the head: purge or "
-                "move it. If the queue is meant to hold old messages, raise the threshold "
+                "concurrency if they are saturated; if workers run but none lists the queue in "
+                "`inspect active_queues`, fix their `-Q` or the task's route. If the queue is "
+                "meant to hold old messages (a batch queue drained on a schedule), raise the "
+                "threshold "
                 "(`queue_oldest_age_seconds`) or exclude it from the rule's selector."
             ),
         ),
