@@ -156,11 +156,14 @@ class ManagementQueueReader:
         """One poll; returns the queue names found, or None if it failed."""
         try:
             depths = self.fetch()
-        except ManagementError as exc:
+        except Exception as exc:  # the loop must outlive any one answer
             with self._lock:
                 self.failures += 1
                 self._failed = True
-            log.warning("cannot read queues from the RabbitMQ management API: %s", exc)
+            if isinstance(exc, ManagementError):
+                log.warning("cannot read queues from the RabbitMQ management API: %s", exc)
+            else:
+                log.exception("reading the RabbitMQ management API's answer failed")
             return None
         with self._lock:
             self._depths, self._failed = depths, False
