@@ -88,14 +88,31 @@ def test_without_task_sent_the_age_counts_from_when_the_exporter_first_saw_the_h
     assert exporter.scrape().get("celery_queue_messages", queue="quiet") == 2
 
 
-def test_a_message_that_is_not_a_celery_task_is_counted_and_skipped(redis_server, fleet):
+def celery_message_bytes(url: str) -> bytes:
+    """One real task message, as the producer left it in Redis (taken from a scratch list)."""
+    import redis
+
+    producer = make_app(url)
+    producer.conf.task_send_sent_event = False
+    producer.send_task("tests.add", args=(1, 1), queue="scratch")
+    return redis.Redis.from_url(url).rpop("scratch")
+
+
+def test_a_foreign_head_is_counted_and_skipped_and_a_key_of_another_type_is_empty(redis_server, fleet):
     import redis
 
     url = redis_server.fresh_url()
-    redis.Redis.from_url(url).lpush("foreign", b"not a kombu message")
-    exporter = fleet(ExporterProcess(url, "--queue", "foreign"))
+    client = redis.Redis.from_url(url)
+    client.lpush("foreign", b"not a kombu message")
+    client.set("stringy", b"a key of another type: WRONGTYPE for LLEN and LINDEX")
+    client.lpush("stringy\x06\x163", celery_message_bytes(url))
+    exporter = fleet(ExporterProcess(url, "--queue", "foreign", "--queue", "stringy"))
     m = exporter.scrape()
     assert m.get("celery_queue_messages", queue="foreign") == 1
     assert m.get(AGE, queue="foreign") is None
+    # The errors are read in step: the next list of the same queue still counts.
+    assert m.get("celery_queue_messages", queue="stringy") == 1
+    assert m.get(AGE, queue="stringy") >= 0
+    assert m.get("celery_stalk_broker_up") == 1
     m = exporter.scrape()
     assert m.get("celery_stalk_queue_heads_invalid_total", reason="not_json") == 1  # once
