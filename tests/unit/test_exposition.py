@@ -319,3 +319,24 @@ def test_unchanged_families_are_not_rendered_or_compressed_again():
 def test_crc32_combine_is_zlibs(first, second):
     assert exposition.crc32_combine(zlib.crc32(first), zlib.crc32(second), len(second)) == \
         zlib.crc32(first + second)
+
+
+@pytest.mark.parametrize("encoder,content_type", encoders())
+def test_queue_gauges_render_as_prometheus_client_does(encoder, content_type):
+    """The queue families (SeriesGauge), with escaped queue names, ages on both sides of
+    1,000,000 s, and from the templates kept after the values changed."""
+    model = odd_model()
+    depths = {name: QueueDepth(i, i, oldest_age=i * 1.5 + 0.1, unacked=i,
+                               consumer_utilisation=i / 10)
+              for i, name in enumerate(ODD_NAMES)}
+    depths["work"] = QueueDepth(3, None, oldest_age=1_234_567.125)
+    reader = FixedDepths(depths)
+    registry = registry_of(*QueueCollector(model, reader).collect())
+    renderer = exposition.Renderer()
+    assert fast(registry, encoder, content_type, renderer) == encoder(registry)
+    depths["work"] = QueueDepth(4, None, oldest_age=12.0)
+    depths.pop(ODD_NAMES[0])
+    registry = registry_of(*QueueCollector(model, reader).collect())
+    text = fast(registry, encoder, content_type, renderer)
+    assert text == encoder(registry)
+    assert b'celery_queue_oldest_message_age_seconds{queue="work"} 12.0' in text

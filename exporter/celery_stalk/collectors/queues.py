@@ -10,9 +10,20 @@ from prometheus_client.core import Metric as Family
 
 from ..brokers import QueueReader
 from ..model import Model
-from .catalog import family, labelled, single
+from ..exposition import SeriesGauge
+from .catalog import CATALOG, labelled, single
 
 log = logging.getLogger(__name__)
+
+
+# QueueDepth field -> the gauge it is reported as, one series per queue.
+QUEUE_GAUGES = {
+    "messages": "celery_queue_messages",
+    "consumers": "celery_queue_consumers",
+    "oldest_age": "celery_queue_oldest_message_age_seconds",
+    "unacked": "celery_queue_messages_unacked",
+    "consumer_utilisation": "celery_queue_consumer_utilisation",
+}
 
 
 class CollectorFailed(Exception):
@@ -35,18 +46,17 @@ class QueueCollector:
             log.warning("cannot read queue depths from the broker: %s: %s", type(exc).__name__, exc)
             yield single("celery_stalk_broker_up", 0)
             raise CollectorFailed from exc
-        names = ("celery_queue_messages", "celery_queue_consumers",
-                 "celery_queue_oldest_message_age_seconds", "celery_queue_messages_unacked",
-                 "celery_queue_consumer_utilisation")
-        fields = ("messages", "consumers", "oldest_age", "unacked", "consumer_utilisation")
-        families = [family(name) for name in names]
-        for queue, depth in sorted(depths.items()):
-            for fam, field in zip(families, fields):
+        values: dict[str, dict] = {name: {} for name in QUEUE_GAUGES.values()}
+        for queue, depth in depths.items():
+            key = (queue,)
+            for field, name in QUEUE_GAUGES.items():
                 value = getattr(depth, field)
                 if value is not None:  # the broker cannot tell, or the queue is empty
-                    fam.add_metric([queue], value)
-        yield families[0]
-        yield from (fam for fam in families[1:] if fam.samples)
+                    values[name][key] = value
+        for name, series in values.items():
+            if series or name == "celery_queue_messages":
+                m = CATALOG[name]
+                yield SeriesGauge(name, m.help, m.labels, series)
         yield single("celery_stalk_broker_up", 1)
 
     def _health(self) -> Iterable[Family]:
