@@ -171,6 +171,11 @@ class _Server:
         return self._dir
 
     @property
+    def pid(self) -> int | None:
+        """The server process (to freeze it with SIGSTOP: a broker that stops answering)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

@@ -116,3 +116,32 @@ def test_a_foreign_head_is_counted_and_skipped_and_a_key_of_another_type_is_empt
     assert m.get("celery_stalk_broker_up") == 1
     m = exporter.scrape()
     assert m.get("celery_stalk_queue_heads_invalid_total", reason="not_json") == 1  # once
+
+
+def test_a_redis_that_stops_answering_is_broker_down_within_the_read_timeout(fleet):
+    """The replies are read off the socket within --queue-read-timeout in all; the
+    connection is then dropped, and the next read after Redis is back is whole again."""
+    import os
+    import signal
+
+    from tests.brokers import RedisServer
+
+    with RedisServer() as server:
+        url = server.url
+        producer = make_app(url)
+        producer.send_task("tests.add", args=(1, 1), queue="held")
+        exporter = fleet(ExporterProcess(url, "--queue", "held", "--queue-read-timeout", "1"))
+        assert exporter.scrape().get(AGE, queue="held") >= 0
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            m = exporter.scrape()
+            took = time.monotonic() - started
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert m.get("celery_stalk_broker_up") == 0
+        assert took < 1 + 1.0, took
+        m = eventually(lambda: (m := exporter.scrape()).get("celery_stalk_broker_up") == 1 and m,
+                       10, message="read again once Redis answers")
+        assert m.get("celery_queue_messages", queue="held") == 1
+        assert m.get(AGE, queue="held") >= 0

@@ -10,9 +10,12 @@ in one pipelined round trip.
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from typing import Iterable
 
+import hiredis
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -27,10 +30,48 @@ BINDING_PREFIX = "_kombu.binding."
 INTERNAL_EXCHANGES = frozenset({"celeryev", "celery.pidbox", "reply.celery.pidbox"})
 
 
+READ_SIZE = 1 << 18
+# hiredis moves its unparsed buffer each time it hands out a reply: fed a slice at a
+# time, that is a few KB per reply rather than all that was read.
+FEED_SIZE = 4 << 10
+
+
+def _read_replies(sock, count: int, timeout: float) -> list:
+    """``count`` replies off ``sock``, within ``timeout`` in all; error replies as None."""
+    reader = hiredis.Reader()
+    replies: list = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(replies) < count:
+            reply = reader.gets()
+            if reply is not False:
+                replies.append(None if isinstance(reply, hiredis.ReplyError) else reply)
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise redis.TimeoutError(f"no reply from Redis within {timeout:g} s")
+            sock.settimeout(left)
+            try:
+                data = sock.recv(READ_SIZE)
+            except socket.timeout:
+                raise redis.TimeoutError(f"no reply from Redis within {timeout:g} s") from None
+            if not data:
+                raise redis.ConnectionError("Redis closed the connection")
+            view = memoryview(data)
+            for start in range(0, len(data), FEED_SIZE):
+                reader.feed(view[start:start + FEED_SIZE])
+                while (reply := reader.gets()) is not False:
+                    replies.append(None if isinstance(reply, hiredis.ReplyError) else reply)
+    finally:
+        sock.settimeout(timeout)  # as redis-py set it
+    return replies
+
+
 class RedisQueueReader:
     def __init__(self, broker_url: str, transport_options: dict, timeout: float,
                  ssl: dict | bool = False, head_ages: HeadAges | None = None):
         self.head_ages = head_ages or HeadAges()
+        self.timeout = timeout
         self._lock = threading.Lock()
         # Kept while the queue list stays the same: (queues, their keys, each key's queue)
         # and (keys, the packed request).
@@ -85,11 +126,12 @@ class RedisQueueReader:
     def _round_trip(self, keys: tuple[str, ...]) -> list:
         """LLEN and LINDEX -1 of every key, pipelined: sent at once, then every reply read.
 
-        redis-py's pipeline spends most of a 1,000-queue read packing and dispatching
-        8,000 commands one by one in Python; the queue list rarely changes, so the packed
-        request is kept and sent as is, and the replies are read straight off the
-        connection. A key of another type answers WRONGTYPE: that list holds no messages
-        (None here); the reply is read whole, so the stream stays in step.
+        redis-py's pipeline spends most of a 1,000-queue read packing, dispatching and
+        parsing 8,000 commands one by one in Python. Here redis-py connects (auth, TLS,
+        database) and packs the request, which is kept while the queue list stays the
+        same; the replies are read off its socket and parsed by hiredis directly, as the
+        event reader does (sources/redis.py). A key of another type answers WRONGTYPE:
+        that list holds no messages (None here).
         """
         pool = self.client.connection_pool
         connection = pool.get_connection()
@@ -99,13 +141,7 @@ class RedisQueueReader:
                                                                      ("LINDEX", key, -1))]
                 self._packed = (keys, connection.pack_commands(commands))
             connection.send_packed_command(self._packed[1])
-            replies = []
-            for _ in range(2 * len(keys)):
-                try:
-                    replies.append(connection.read_response(disable_decoding=True))
-                except redis.ResponseError:
-                    replies.append(None)
-            return replies
+            return _read_replies(connection._sock, 2 * len(keys), self.timeout)
         except BaseException:
             connection.disconnect()  # replies may be left unread: never reuse it
             raise
