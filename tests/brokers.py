@@ -171,6 +171,11 @@ class _Server:
         return self._dir
 
     @property
+    def pid(self) -> int | None:
+        """The server process (to freeze it with SIGSTOP: a broker that stops answering)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -395,12 +400,15 @@ class RabbitMQServer(_Server):
     start_timeout = 60.0
     stop_timeout = 30.0
 
-    def __init__(self, tls: bool = False) -> None:
+    def __init__(self, tls: bool = False, management: bool = False) -> None:
         """``tls=True`` adds a TLS listener (``tls_url``, certificate signed by ``ca_file``)
-        beside the plain one."""
+        beside the plain one. ``management=True`` enables the management plugin on a free
+        port of its own (``management_url``); it adds a few seconds to the boot."""
         super().__init__()
-        self._port, self._dist_port, self._epmd_port, self._tls_port = free_ports(4)
+        (self._port, self._dist_port, self._epmd_port, self._tls_port,
+         self._management_port) = free_ports(5)
         self.tls = tls
+        self.management = management
         self.nodename = f"stalk-{self._port}@localhost"
         self._epmd: subprocess.Popen | None = None
 
@@ -415,6 +423,10 @@ class RabbitMQServer(_Server):
     @property
     def tls_url(self) -> str:
         return f"amqps://guest:guest@127.0.0.1:{self._tls_port}//"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self._management_port}"
 
     @property
     def ca_file(self) -> Path:
@@ -452,13 +464,22 @@ class RabbitMQServer(_Server):
         # Replaces /etc/rabbitmq/rabbitmq-env.conf, which would otherwise be
         # sourced and could pin the node name of the system node.
         (d / "rabbitmq-env.conf").write_text("")
-        # No plugins: the management plugin would clash on port 15672.
-        (d / "enabled_plugins").write_text("[].\n")
+        # No plugins but the management API when asked, on a free port (its default,
+        # 15672, may belong to the machine's own node).
+        plugins = "rabbitmq_management" if self.management else ""
+        (d / "enabled_plugins").write_text(f"[{plugins}].\n")
         config = (
             # Small test disks would otherwise trip the 50 MB default and
             # block every publisher.
             "disk_free_limit.absolute = 1MB\n"
         )
+        if self.management:
+            config += (
+                f"management.tcp.port = {self._management_port}\n"
+                "management.tcp.ip = 127.0.0.1\n"
+                # Queue counts in the API are refreshed this often (5 s by default).
+                "collect_statistics_interval = 1000\n"
+            )
         if self.tls:
             from tests.tls import make_ca, make_cert
 
@@ -516,6 +537,8 @@ class RabbitMQServer(_Server):
     def _ping(self) -> None:
         with kombu.Connection(self.url, connect_timeout=2) as conn:
             conn.connect()
+        if self.management and not _port_open(self._management_port):
+            raise ConnectionError("the management API does not answer yet")
 
     def _log_files(self) -> list[Path]:
         return [

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from . import __version__
 from .brokers import QueueReader, reader_for
+from .brokers.management import ManagementQueueReader
 from .capacity import CapacityPoller, broker_stats
 from .collectors import CapacityCollector, Exporter, QueueCollector, WebCollector, model_collectors
 from .collectors.enable_events import EnableEventsCollector
@@ -123,7 +124,7 @@ def run(config: Config, beat_entries: list | None = None, beat_timezone: str = "
     elif beat_entries:
         for name in model.set_beat_schedule(beat_entries, time.time()):
             log.warning("beat entry %r cannot be a label value: not followed", name)
-    reader = reader_for(config)
+    reader = reader_for(config, model.sent_times)
     source_state = SourceState()
     consumer = event_source(config, model, source_state)
     stopping = threading.Event()
@@ -189,6 +190,8 @@ def run(config: Config, beat_entries: list | None = None, beat_timezone: str = "
     watch.thread.start()
     if enabler is not None:
         enabler.thread.start()
+    if isinstance(reader, ManagementQueueReader):  # polls on its own loop, off the scrape
+        reader.start(stopping, model.learn_queues)
     if schedule is not None:
         schedule.thread.start()
     if capacity is not None:

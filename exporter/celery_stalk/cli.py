@@ -71,13 +71,17 @@ def run_with(raw: dict, **run_options) -> None:
 def parse_config(raw: dict) -> Config:
     """The raw flag values as a Config; exits 2 naming every bad one."""
     problems = []
-    url_file = raw.pop("broker_url_file")
-    if url_file:
-        try:
-            with open(url_file, encoding="utf-8") as handle:
-                raw["broker_url"] = handle.read().strip()
-        except OSError as exc:
-            problems.append(f"--broker-url-file: cannot read {url_file!r}: {exc.strerror}")
+    # Secrets kept out of the process list: each file flag read into its value's flag.
+    for file_flag, dest in (("broker_url_file", "broker_url"),
+                            ("rabbitmq_management_password_file", "rabbitmq_management_password")):
+        path = raw.pop(file_flag, None)
+        if path:
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    raw[dest] = handle.read().strip()
+            except OSError as exc:
+                problems.append(f"--{file_flag.replace('_', '-')}: cannot read {path!r}: "
+                                f"{exc.strerror}")
     try:
         config = Config.parse(**raw)
     except ConfigError as exc:

@@ -53,6 +53,12 @@ class Config:
     queue_discovery_interval: float
     inspect_interval: float  # 0: off
     inspect_timeout: float
+    rabbitmq_management_url: str | None  # without credentials (moved to user, password)
+    rabbitmq_management_user: str | None
+    rabbitmq_management_password: str | None  # the CLI reads the file flag into it
+    rabbitmq_management_ca_file: str | None
+    rabbitmq_management_interval: float
+    rabbitmq_management_timeout: float
     task_metrics_source: str  # events | workers
     enable_events: float | None  # seconds between enable_events broadcasts; None: never
     web: webconfig.WebConfig
@@ -112,8 +118,34 @@ class Config:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """Strings that must never be printed: every password in the broker and RedBeat URLs."""
-        return url_secrets(";".join(filter(None, (self.broker_url, self.redbeat_url))))
+        """Strings that must never be printed: every password in the broker and RedBeat URLs,
+        and the management API's."""
+        found = url_secrets(";".join(filter(None, (self.broker_url, self.redbeat_url))))
+        if self.rabbitmq_management_password:
+            found = tuple(sorted({*found, self.rabbitmq_management_password}, key=len,
+                                 reverse=True))
+        return found
+
+    @property
+    def rabbitmq_management(self):
+        """The management API's settings (brokers/management.py), or None without the URL.
+        User and password default to the broker URL's."""
+        if not self.rabbitmq_management_url:
+            return None
+        from .brokers.management import ManagementSettings, vhost_of
+
+        broker = urlsplit(self.broker_url.split(";")[0].strip())
+        return ManagementSettings(
+            url=self.rabbitmq_management_url,
+            vhost=vhost_of(self.broker_url),
+            user=self.rabbitmq_management_user or unquote(broker.username or "guest"),
+            password=(self.rabbitmq_management_password
+                      if self.rabbitmq_management_password is not None
+                      else unquote(broker.password or "guest")),
+            ca_file=self.rabbitmq_management_ca_file,
+            timeout=self.rabbitmq_management_timeout,
+            interval=self.rabbitmq_management_interval,
+        )
 
     @classmethod
     def parse(cls, **raw) -> Config:
@@ -132,6 +164,7 @@ class Config:
                 given = () if option.repeatable else option.default
             values[option.field] = getattr(parser, option.kind)(option, given)
         values.pop("broker_url_file")  # read by the CLI into broker_url
+        values.pop("rabbitmq_management_password_file")  # and into rabbitmq_management_password
         model = ModelSettings(**{o.field: values.pop(o.field) for o in OPTIONS if o.model})
         parser.cross_checks(values, model)
         if problems:
@@ -305,10 +338,47 @@ class Parser:
             )
         url = values["broker_url"]
         self._redbeat(values)
+        self._rabbitmq_management(values)
         if values["broker_ssl"] and url and urlsplit(url).scheme not in TLS_SCHEMES:
             self._fail(
                 "--broker-ssl-option: the broker URL is not a TLS one: use rediss:// or amqps://"
             )
+
+    def _rabbitmq_management(self, values: dict) -> None:
+        """The management API: a RabbitMQ broker, an http(s) URL, a readable CA file.
+        Credentials written into the URL move to the user and password."""
+        url = values["rabbitmq_management_url"]
+        ca_file = values["rabbitmq_management_ca_file"]
+        if not url:
+            given = [flag for flag, value in (("user", values["rabbitmq_management_user"]),
+                                               ("password", values["rabbitmq_management_password"]),
+                                               ("ca-file", ca_file)) if value]
+            if given:
+                self._fail(f"--rabbitmq-management-{given[0]}: used only with "
+                           "--rabbitmq-management-url: add --rabbitmq-management-url "
+                           "http://rabbitmq:15672")
+            return
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self._fail(f"--rabbitmq-management-url: {redact_url(url)!r} is not an http(s) URL: "
+                       "use http://rabbitmq:15672 (or https://)")
+            return
+        broker = (values["broker_url"] or "").split(";")[0].strip()
+        if broker and urlsplit(broker).scheme not in ("amqp", "amqps", "pyamqp"):
+            self._fail("--rabbitmq-management-url: the broker is not RabbitMQ: drop the flag, "
+                       "or give an amqp:// --broker-url")
+        if parts.username is not None:  # kept out of the URL, which may be logged
+            values["rabbitmq_management_user"] = (values["rabbitmq_management_user"]
+                                                  or unquote(parts.username))
+            if parts.password is not None and values["rabbitmq_management_password"] is None:
+                values["rabbitmq_management_password"] = unquote(parts.password)
+            hostport = parts.netloc.rpartition("@")[2]
+            values["rabbitmq_management_url"] = parts._replace(netloc=hostport).geturl()
+        if ca_file and parts.scheme != "https":
+            self._fail("--rabbitmq-management-ca-file: the management URL is not https://")
+        elif ca_file and not os.access(ca_file, os.R_OK):
+            self._fail(f"--rabbitmq-management-ca-file: {ca_file!r} is not a readable file: "
+                       "check the path")
 
     def _redbeat(self, values: dict) -> None:
         """RedBeat's keys are in Redis: its URL, from the flag or else the broker's."""

@@ -2,8 +2,8 @@
 
 prometheus_client renders every sample through a Sample object and formats its
 labels one by one, several microseconds a line. 500 task names on 10 queues
-make over 200,000 lines of task counters and histograms, so those families
-(SeriesCounter, SeriesHistogram) render themselves: a template of the family's
+make over 200,000 lines of task counters and histograms, and a broker a thousand queues,
+so those families (SeriesCounter, SeriesHistogram, SeriesGauge) render themselves: a template of the family's
 lines, labels escaped once, is kept between scrapes by the Renderer and filled
 in with one %-format per scrape. The lines are byte for byte prometheus_client's
 (tests/unit/test_exposition.py checks both formats); every other family still
@@ -29,7 +29,12 @@ from typing import NamedTuple
 from urllib.parse import parse_qs
 
 from prometheus_client import make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.utils import floatToGoString
 
@@ -133,6 +138,26 @@ class SeriesCounter(_Series, CounterMetricFamily):
             return counts, frozenset()
         now_big = frozenset(k for k, v in zip(order, counts) if not 0 <= v < LARGE)
         return tuple(_go(v).encode() if k in big else v for k, v in zip(order, counts)), now_big
+
+
+class SeriesGauge(_Series, GaugeMetricFamily):
+    """A gauge family over a dict {label values: number}: one line per queue of a broker
+    with a thousand queues, where only some values change from one scrape to the next."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...], values: dict):
+        GaugeMetricFamily.__init__(self, name, documentation, labels=labels)
+        _Series.__init__(self, values)
+
+    def _add(self, labels, value) -> None:
+        GaugeMetricFamily.add_metric(self, list(labels), value)
+
+    def _template(self, labels, big: bool) -> bytes:
+        label_string = _pct(_label_string(tuple(self._labelnames), labels))
+        return f"{self.name}{{{label_string}}} %s\n".encode()
+
+    def _values(self, order, big) -> tuple[tuple, frozenset]:
+        # Every value printed exactly (floats any size): no fast slot to outgrow.
+        return tuple([_go(self.series[key]).encode() for key in order]), frozenset()
 
 
 class SeriesHistogram(_Series, HistogramMetricFamily):

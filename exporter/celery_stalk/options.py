@@ -120,6 +120,23 @@ OPTIONS: tuple[Option, ...] = (
            "on a loop of their own: scrapes serve the last answer.", "interval", "60"),
     Option("inspect-timeout", "Seconds an inspect stats broadcast waits for the workers' replies "
            "(a worker slower than that is missing from that round).", "seconds", "5"),
+    Option("rabbitmq-management-url", "Base URL of RabbitMQ's management API (http://host:15672 "
+           "or https://): report every queue of the broker URL's vhost, with unacknowledged "
+           "messages and consumer utilisation, from one poll on a loop of its own instead of a "
+           "passive declare per queue. RabbitMQ brokers only.", "text"),
+    Option("rabbitmq-management-user", "User for the management API; default: the broker URL's.",
+           "text"),
+    Option("rabbitmq-management-password", "Password for the management API; default: the broker "
+           "URL's. Set it through the environment variable or "
+           "--rabbitmq-management-password-file, not on the command line.", "text"),
+    Option("rabbitmq-management-password-file", "Read the management API's password from this "
+           "file.", "file"),
+    Option("rabbitmq-management-ca-file", "PEM file of the CA that signed the management API's "
+           "certificate (https://); default: the system's CAs.", "text"),
+    Option("rabbitmq-management-interval", "Seconds between polls of the management API.",
+           "seconds", "15"),
+    Option("rabbitmq-management-timeout", "Seconds one request to the management API may take "
+           "before the poll counts as failed.", "seconds", "5"),
     Option("task-metrics-source", "events: count task metrics from Celery task events; workers: "
            "the workers serve them (celery_stalk.worker.install), so task events are not counted "
            "here and nothing is counted twice; queue depth and the worker view stay.", "choice",

@@ -181,6 +181,7 @@ def test_keda_scales_a_worker_deployment_on_the_exporters_own_metrics(tmp_path):
     used = {catalog_name(m) for q in queries for m in metric_names(q)}
     assert used and used <= set(CATALOG), f"not exported by celery-stalk: {used - set(CATALOG)}"
     assert "celery_queue_messages" in used
+    assert "celery_queue_oldest_message_age_seconds" in used  # scales before the queue is old
     for trigger in triggers:
         float(trigger["metadata"]["threshold"])
         assert trigger["metadata"]["serverAddress"].startswith("http")

@@ -120,7 +120,10 @@ def test_priority_steps_and_key_prefix_from_transport_options(redis_server, flee
         "--broker-transport-option", "sep=:",
         "--broker-transport-option", 'global_keyprefix="acme:"',
     ))
-    assert exporter.scrape().get("celery_queue_messages", queue="tenant") == 10
+    m = exporter.scrape()
+    assert m.get("celery_queue_messages", queue="tenant") == 10
+    # the heads are read from the same prefixed keys: the oldest message has an age
+    assert m.get("celery_queue_oldest_message_age_seconds", queue="tenant") >= 0
 
 
 def test_sigkilled_worker_is_down_within_30s_and_counted_lost(redis_server, fleet):

@@ -79,15 +79,15 @@ def test_config_fields_model_settings_and_click_options_all_come_from_the_option
     config_fields = {f.name for f in dataclasses.fields(Config)}
     model_fields = {f.name for f in dataclasses.fields(ModelSettings)}
     for option in OPTIONS:
-        if option.flag == "broker-url-file":
-            continue  # read by the CLI into --broker-url
+        if option.kind == "file":
+            continue  # read by the CLI into --broker-url, --rabbitmq-management-password
         if option.model:
             assert option.field in model_fields, option.flag
             if option.default is not None:  # the model's own default is the flag's
                 assert getattr(ModelSettings(), option.field) == default(option.field), option.flag
         else:
             assert option.field in config_fields, option.flag
-    assert config_fields == {o.field for o in OPTIONS if not o.model and o.flag != "broker-url-file"} | {"model"}
+    assert config_fields == {o.field for o in OPTIONS if not o.model and o.kind != "file"} | {"model"}
 
     from celery_stalk.cli import serve
 

@@ -85,10 +85,25 @@ CATALOG: dict[str, Metric] = {
                "--max-tracked-tasks are not followed."),
         Metric("celery_queue_messages", "gauge", ("queue",),
                "Ready messages in the broker queue: Redis LLEN of the list and its priority "
-               "sub-lists, RabbitMQ passive queue.declare."),
+               "sub-lists, RabbitMQ passive queue.declare (messages_ready of the management "
+               "API with --rabbitmq-management-url)."),
         Metric("celery_queue_consumers", "gauge", ("queue",),
-               "Consumers of the broker queue, from RabbitMQ passive queue.declare "
-               "(not emitted on Redis, which cannot tell)."),
+               "Consumers of the broker queue, from RabbitMQ passive queue.declare or the "
+               "management API (not emitted on Redis, which cannot tell)."),
+        Metric("celery_queue_oldest_message_age_seconds", "gauge", ("queue",),
+               "Seconds the oldest message waiting in the queue has waited (absent when it is "
+               "empty). Redis: the message at the consuming end of the list and of each "
+               "priority sub-list (LINDEX -1), dated by its task's task-sent event when the "
+               "exporter saw it, else by when the exporter first saw it there: then a lower "
+               "bound. RabbitMQ with --rabbitmq-management-url: the management API's "
+               "head_message_timestamp, present only if producers set the message timestamp."),
+        Metric("celery_queue_messages_unacked", "gauge", ("queue",),
+               "Messages delivered to consumers and not yet acknowledged (prefetched or "
+               "running), from the RabbitMQ management API (--rabbitmq-management-url)."),
+        Metric("celery_queue_consumer_utilisation", "gauge", ("queue",),
+               "Share of time (0-1) the queue could deliver messages to its consumers at once, "
+               "from the RabbitMQ management API; below 1, consumers are busy or prefetch "
+               "limited. Absent when the broker does not report it (no consumers)."),
         Metric("celery_worker_up", "gauge", ("worker",),
                "1 if the worker's heartbeat was received within the timeout and it has not "
                "sent worker-offline, else 0. Judged by the exporter's own clock."),
@@ -234,7 +249,19 @@ CATALOG: dict[str, Metric] = {
                "Inspect stats broadcasts that failed (broker unreachable or refused); the "
                "last answer is kept."),
         Metric("celery_stalk_broker_up", "gauge", (),
-               "1 if this scrape's queue depth read from the broker succeeded, else 0."),
+               "1 if this scrape's queue depth read from the broker succeeded (with "
+               "--rabbitmq-management-url: the management API's last poll), else 0."),
+        Metric("celery_stalk_queue_heads_invalid_total", "counter", ("reason",),
+               "Messages at the head of a Redis queue that gave no Celery task id, skipped "
+               "for celery_queue_oldest_message_age_seconds (counted once per message), by "
+               "reason: not_json (not a kombu message), no_task_id, body_unreadable (task "
+               "protocol 1 with a body that is not JSON)."),
+        Metric("celery_stalk_rabbitmq_management_polls_failed_total", "counter", (),
+               "Polls of the RabbitMQ management API (--rabbitmq-management-url) that failed: "
+               "refused, timed out, rejected credentials or an answer that is not the queue list."),
+        Metric("celery_stalk_rabbitmq_management_last_success_timestamp_seconds", "gauge", (),
+               "When the last poll of the RabbitMQ management API succeeded (exporter's clock); "
+               "absent until one has."),
         Metric("celery_stalk_events_connected", "gauge", (),
                "1 if the event consumer is connected to the broker and consuming, else 0."),
         Metric("celery_stalk_broker_reconnects_total", "counter", (),

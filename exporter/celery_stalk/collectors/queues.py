@@ -1,4 +1,5 @@
-"""Queue depth and consumers from one broker read per scrape, and celery_stalk_broker_up."""
+"""Queue depth, consumers and the oldest message's age from one broker read per scrape
+(or the RabbitMQ management poll's last result), and celery_stalk_broker_up."""
 
 from __future__ import annotations
 
@@ -9,9 +10,20 @@ from prometheus_client.core import Metric as Family
 
 from ..brokers import QueueReader
 from ..model import Model
-from .catalog import family, single
+from ..exposition import SeriesGauge
+from .catalog import CATALOG, labelled, single
 
 log = logging.getLogger(__name__)
+
+
+# QueueDepth field -> the gauge it is reported as, one series per queue.
+QUEUE_GAUGES = {
+    "messages": "celery_queue_messages",
+    "consumers": "celery_queue_consumers",
+    "oldest_age": "celery_queue_oldest_message_age_seconds",
+    "unacked": "celery_queue_messages_unacked",
+    "consumer_utilisation": "celery_queue_consumer_utilisation",
+}
 
 
 class CollectorFailed(Exception):
@@ -26,6 +38,7 @@ class QueueCollector:
         self.reader = reader
 
     def collect(self) -> Iterable[Family]:
+        yield from self._health()
         queues = self.model.known_queues()
         try:
             depths = self.reader.read(queues)
@@ -33,12 +46,28 @@ class QueueCollector:
             log.warning("cannot read queue depths from the broker: %s: %s", type(exc).__name__, exc)
             yield single("celery_stalk_broker_up", 0)
             raise CollectorFailed from exc
-        messages, consumers = family("celery_queue_messages"), family("celery_queue_consumers")
-        for queue, depth in sorted(depths.items()):
-            messages.add_metric([queue], depth.messages)
-            if depth.consumers is not None:
-                consumers.add_metric([queue], depth.consumers)
-        yield messages
-        if consumers.samples:
-            yield consumers
+        values: dict[str, dict] = {name: {} for name in QUEUE_GAUGES.values()}
+        for queue, depth in depths.items():
+            key = (queue,)
+            for field, name in QUEUE_GAUGES.items():
+                value = getattr(depth, field)
+                if value is not None:  # the broker cannot tell, or the queue is empty
+                    values[name][key] = value
+        for name, series in values.items():
+            if series or name == "celery_queue_messages":
+                m = CATALOG[name]
+                yield SeriesGauge(name, m.help, m.labels, series)
         yield single("celery_stalk_broker_up", 1)
+
+    def _health(self) -> Iterable[Family]:
+        """The reader's own counters, kept whether or not this read succeeds."""
+        invalid = getattr(self.reader, "invalid", None)
+        if invalid is not None:
+            yield labelled("celery_stalk_queue_heads_invalid_total", invalid)
+        status = getattr(self.reader, "status", None)
+        if status is not None:
+            failures, last_success = status()
+            yield single("celery_stalk_rabbitmq_management_polls_failed_total", failures)
+            if last_success is not None:
+                yield single("celery_stalk_rabbitmq_management_last_success_timestamp_seconds",
+                             last_success)

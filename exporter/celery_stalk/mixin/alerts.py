@@ -480,6 +480,58 @@ and
         ),
         Alert(
             group="queues",
+            name="CeleryQueueOldestMessageTooOld",
+            expr=_once(c, f"""\
+{_sel(c, "celery_queue_oldest_message_age_seconds")} > {c.queue_oldest_age_seconds:g}"""),
+            for_=c.queue_oldest_age_for,
+            severity="critical",
+            summary="The oldest message in a Celery queue has waited too long: the queue is stuck.",
+            description=(
+                "The oldest message in queue {{ $labels.queue }} has waited "
+                "{{ $value | humanizeDuration }} (threshold "
+                f"{c.queue_oldest_age_seconds:g} s): nothing has taken it from the queue."
+            ),
+            when=(
+                f"a queue's oldest message has waited more than {c.queue_oldest_age_seconds:g} s, "
+                f"for {c.queue_oldest_age_for}"
+            ),
+            pages=(
+                f"Within {_within(c.queue_oldest_age_for)} of the oldest message turning "
+                f"{c.queue_oldest_age_seconds:g} s old: {c.queue_oldest_age_seconds:g} s plus "
+                f"{_within(c.queue_oldest_age_for)} after a task is sent to a queue nobody "
+                "takes from, whether or not tasks keep arriving and whatever the depth. The "
+                "age is a duration already, so `for:` is short; a busy queue keeps renewing its "
+                "head and never comes near the threshold, and the alert resolves at the first "
+                "scrape after the message is taken."
+            ),
+            meaning=(
+                "`celery_queue_oldest_message_age_seconds` is the age of the message that will "
+                "be taken next. On Redis the exporter reads the message at the consuming end of "
+                "the queue's list and of each priority sub-list, and dates it by its task's "
+                "`task-sent` event; without task-sent events (`task_send_sent_event`) it dates "
+                "it from when it first saw it there, a lower bound (an exporter restart starts "
+                "that count again, so the page comes later, never wrongly). On RabbitMQ with "
+                "`--rabbitmq-management-url` it is the head message's timestamp, which Celery "
+                "does not set by default: then the series is absent and this alert cannot fire. "
+                "Unlike the queue wait percentiles, the age grows while no task starts at all."
+            ),
+            confirm=(
+                "The *Celery / Queue* dashboard shows the oldest message's age per queue next to "
+                "its depth and consumption. `celery -A proj inspect active_queues` lists the "
+                "queues each worker consumes; `celery_worker_tasks_active` shows whether its "
+                "workers are all busy with long tasks."
+            ),
+            fix=(
+                "Start workers for the queue (`celery -A proj worker -Q QUEUE`), or add "
+                "concurrency if they are saturated; if workers run but none lists the queue in "
+                "`inspect active_queues`, fix their `-Q` or the task's route. If the queue is "
+                "meant to hold old messages (a batch queue drained on a schedule), raise the "
+                "threshold "
+                "(`queue_oldest_age_seconds`) or exclude it from the rule's selector."
+            ),
+        ),
+        Alert(
+            group="queues",
             name="CeleryQueueBacklogGrowing",
             expr=_once(c, f"""\
 deriv({_sel(c, "celery_queue_messages")}[{c.backlog_window}]) * 60 > 0

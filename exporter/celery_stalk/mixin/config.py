@@ -89,6 +89,12 @@ class Config:
     backlog_for: str = "10m"
     backlog_min_messages: int = 10  # noise floor, not a static threshold
 
+    # Stuck: the oldest message waiting in a queue (celery_queue_oldest_message_age_seconds)
+    # is older than the threshold. The age is already a duration, so for: only rides out a
+    # scrape that read a stale head; a queue that is consumed keeps renewing its head.
+    queue_oldest_age_seconds: float = 600
+    queue_oldest_age_for: str = "1m"
+
     queue_wait_window: str = "10m"
     queue_wait_for: str = "15m"  # longer than the window: a deploy's slow minutes stay quiet
     queue_wait_p95_seconds: float = 300  # a bucket bound of the default wait buckets
@@ -188,6 +194,9 @@ class Config:
             if seconds(getattr(self, short)) > seconds(getattr(self, long)):
                 found.append(f"{short}: {getattr(self, short)} must not be longer than "
                              f"{long} ({getattr(self, long)})")
+        if not self.queue_oldest_age_seconds > 0:
+            found.append(f"queue_oldest_age_seconds: {self.queue_oldest_age_seconds!r} must be "
+                         "above 0")
         if self.workflow_stuck_factor < 1:
             found.append(f"workflow_stuck_factor: {self.workflow_stuck_factor!r} must be 1 or "
                          "more: a workflow is stuck when older than its usual p99")
@@ -215,6 +224,8 @@ TEST = replace(
     backlog_window="20s",
     backlog_short_window="10s",
     backlog_for="20s",
+    queue_oldest_age_seconds=60,
+    queue_oldest_age_for="5s",
     queue_wait_window="20s",
     queue_wait_for="30s",
     failure_fast_window="10s",

@@ -227,6 +227,11 @@ def overview() -> tuple[str, list[dict]]:
                            "{{queue}}")]),
         timeseries("Queue wait by queue", "Time from task-sent (or ETA) to task-started.",
                    quantiles("celery_task_queue_wait_seconds", "queue")[:2], "s"),
+        timeseries("Oldest message age by queue", "How long the oldest message waiting in the "
+                   "queue has waited (a lower bound on Redis without task-sent events).",
+                   [target(f"max by (queue) ("
+                           f"{gauge('celery_queue_oldest_message_age_seconds', QUEUE_LABELS)})",
+                           "{{queue}}")], "s"),
         row("Workers"),
         timeseries("Workers", "Up, cleanly shut down (worker-offline) and lost (silent "
                    "without worker-offline), while the exporter keeps their series.", [
@@ -350,6 +355,25 @@ def queue() -> tuple[str, list[dict]]:
                    "tell, see Arrivals and consumption instead.",
                    [target(f"sum by (queue) ({gauge('celery_queue_consumers', QUEUE_LABELS)})",
                            "{{queue}}")]),
+        timeseries("Oldest message age", "How long the oldest message waiting in the queue has "
+                   "waited: it grows while nothing takes it, even when no task starts at all. "
+                   "Redis: dated by its task-sent event, else from when the exporter first saw "
+                   "it (a lower bound). RabbitMQ: the head message's timestamp, if producers set "
+                   "one (management API). No line: the queue is empty.",
+                   [target(f"max by (queue) ("
+                           f"{gauge('celery_queue_oldest_message_age_seconds', QUEUE_LABELS)})",
+                           "{{queue}}")], "s"),
+        timeseries("Unacknowledged and consumer utilisation", "RabbitMQ management API only "
+                   "(--rabbitmq-management-url): messages delivered and not yet acknowledged "
+                   "(prefetched or running), and the share of time the queue could deliver to "
+                   "its consumers at once (below 100%: they are busy).", [
+                       target(f"sum by (queue) ("
+                              f"{gauge('celery_queue_messages_unacked', QUEUE_LABELS)})",
+                              "{{queue}} unacked"),
+                       target(f"max by (queue) ("
+                              f"{gauge('celery_queue_consumer_utilisation', QUEUE_LABELS)}) * 100",
+                              "{{queue}} utilisation %"),
+                   ]),
         timeseries("Arrivals and consumption", "Tasks sent to the queue, and received and "
                    "started by workers, per second.", [
                        target(by_queue("celery_task_sent_total"), "{{queue}} sent"),

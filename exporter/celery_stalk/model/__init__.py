@@ -266,6 +266,18 @@ class Model:
                     found.setdefault(name, []).append(queue)
             return found
 
+    def sent_times(self, task_ids: list[str]) -> dict[str, float]:
+        """The task-sent timestamp of each task id still in flight whose task-sent was seen
+        (the broker's queue heads are dated by it); one lock, O(1) per id."""
+        times = {}
+        with self._lock:
+            get = self.tracker.get
+            for task_id in task_ids:
+                task = get(task_id)
+                if task is not None and task.sent is not None:
+                    times[task_id] = task.sent
+        return times
+
     def known_queues(self) -> list[str]:
         """Queues to read depth for: --queue, task-sent queues and broker bindings."""
         with self._lock:

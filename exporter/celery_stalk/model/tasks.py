@@ -248,8 +248,10 @@ class TaskEvents:
             self._observe_earlier_start(task, run, labels)
         if task.started is not None:  # task-started overtook task-sent
             self._observe_start(task, labels)
+        sent = number(event.get("timestamp"))
+        task.sent = sent
         if task.first is None:
-            task.first = number(event.get("timestamp"))
+            task.first = sent
         root = event.get("root_id")
         if root != task_id or self.awaiting:
             self.workflows.seen(task_id, root, task, event, now)

@@ -13,7 +13,7 @@ class TrackedTask:
     """
 
     __slots__ = ("name", "queue", "settled", "run", "started", "earlier_starts", "ready_run",
-                 "ready", "more_ready", "held", "first", "stage", "where", "since")
+                 "ready", "more_ready", "held", "first", "stage", "where", "since", "sent")
 
     def __init__(self) -> None:
         self.name: str | None = None
@@ -41,6 +41,9 @@ class TrackedTask:
         self.stage = 0
         self.where: str | None = None
         self.since = 0.0
+        # Its latest task-sent's timestamp (a retry's own message is sent again): dates
+        # its message while it waits in the broker (brokers/heads.py).
+        self.sent: float | None = None
 
     def add_ready(self, run: int | None, at: float) -> None:
         if self.ready is None or self.ready_run == run:
