@@ -12,8 +12,9 @@ def redis_server():
 
 @pytest.fixture(scope="session")
 def rabbitmq_server():
-    """A private RabbitMQ node for the whole test session (takes a few seconds to boot)."""
-    with RabbitMQServer() as server:
+    """A private RabbitMQ node for the whole test session (takes a few seconds to boot), with
+    its management API (management_url) for the exporter's --rabbitmq-management-url."""
+    with RabbitMQServer(management=True) as server:
         yield server
 
 

@@ -163,7 +163,7 @@ def _workers(config: Config, model: Model, now: float) -> tuple[list[Check], dic
         }
         facts = [f"Celery {view.version or '?'}", d.system or "system ?",
                  pools.get(name, "pool ?"), f"heartbeat every {d.freq:g} s",
-                 f"{d.processed_total} tasks processed"]
+                 f"{'?' if d.processed_total is None else d.processed_total} tasks processed"]
         if not view.up:
             facts.append("offline" if view.offline else "lost")
         if d.clock_offset is not None:

@@ -176,3 +176,15 @@ def test_each_problem_is_logged_once_when_first_seen_and_again_if_it_comes_back(
             watch.check()
         assert len(caplog.records) == 3
         assert "sends no task events" in caplog.records[2].getMessage()
+
+
+def test_processed_total_is_unknown_until_a_heartbeat_says_how_many():
+    """A worker first heard of by an event without a processed count has no
+    celery_worker_processed_total yet: a 0 then its real count would read as a counter reset
+    followed by that many new tasks (a restarted exporter paged CeleryEventsStalled so)."""
+    online = ev.online(A)
+    online.pop("processed", None)
+    fleet = Fleet().at(0, online)
+    assert fleet.view(A).processed_total is None
+    fleet.at(2, beat(A, 1002, processed=113))
+    assert fleet.view(A).processed_total == 113

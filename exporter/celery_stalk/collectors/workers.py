@@ -40,7 +40,9 @@ class WorkerCollector:
             if d is not None:
                 if d.task_events is not None:
                     events_on.add_metric([worker], 1 if d.task_events else 0)
-                processed.add_metric([worker], d.processed_total)
+                if d.processed_total is not None:  # a 0 before the first heartbeat would
+                    # read as a counter reset, and its first value as that many new tasks
+                    processed.add_metric([worker], d.processed_total)
                 if d.clock_offset is not None:
                     offset.add_metric([worker], d.clock_offset)
         yield from (up, offline, heartbeat, active, events_on, processed, offset)

@@ -50,7 +50,7 @@ class DiagnosisView:
     """What the worker's heartbeats and task events say about its configuration."""
 
     task_events: bool | None  # None: not decided yet (no task processed since first seen)
-    processed_total: int
+    processed_total: int | None  # None until a heartbeat said how many
     clock_offset: float | None  # seconds its clock is ahead of the exporter's (behind: < 0)
     freq: float
     system: str
@@ -230,5 +230,6 @@ class WorkerRegistry:
     def _diagnosis_view(self, w: Worker) -> DiagnosisView:
         d = w.diagnosis
         return DiagnosisView(task_events=d.events_on if self.judges_task_events else None,
-                             processed_total=d.processed_total, clock_offset=d.clock_offset(),
+                             processed_total=None if d.processed is None else d.processed_total,
+                             clock_offset=d.clock_offset(),
                              freq=w.freq, system=d.system)
