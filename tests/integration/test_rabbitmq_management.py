@@ -64,7 +64,11 @@ def test_management_api_reports_every_queue_of_the_vhost_with_unacked_and_consum
     assert m.get("celery_queue_consumers", queue="reports") == 0
     assert m.get("celery_queue_consumers", queue="busy") == 1
     assert m.get("celery_queue_messages_unacked", queue="reports") == 0
-    assert 0 <= m.get("celery_queue_consumer_utilisation", queue="busy", default=0) <= 1
+    # RabbitMQ reports a consumed queue's utilisation with its next statistics (every 5 s)
+    (utilisation,) = eventually(lambda: (u := exporter.scrape().get(
+        "celery_queue_consumer_utilisation", queue="busy")) is not None and (u,), 20,
+        message="consumer utilisation of the consumed queue")
+    assert 0 <= utilisation <= 1
     # Celery sets no message timestamp: no age rather than an invented one.
     assert m.get("celery_queue_oldest_message_age_seconds", queue="reports") is None
     before = time.time()
