@@ -96,27 +96,15 @@ class CapacityPoller:
 
 
 def broker_stats(config) -> Callable[[float], object]:
-    """``inspect stats`` over the exporter's broker: its URL, transport and TLS
-    options (a bare Celery app would ask amqp://localhost)."""
-    from celery import Celery
-    from kombu import Connection
-
-    from .sources.kombu import CONNECT_TIMEOUT
-
-    options = config.transport_options
-    if config.transport == "redis":  # a broker that accepts but never answers must not hang us
-        options = {"socket_timeout": CONNECT_TIMEOUT, **options}
-    app = Celery("celery-stalk-inspect", set_as_current=False)
-    # The broadcast publishes through the app's own producer pool, whatever
-    # connection it is handed: the app must know the broker too.
-    app.conf.update(broker_url=config.broker_url, broker_transport_options=options,
-                    broker_use_ssl=config.kombu_ssl or None,
-                    broker_connection_timeout=CONNECT_TIMEOUT, broker_connection_max_retries=1)
+    """``inspect stats`` over the exporter's broker (control.py: its URL, transport and TLS
+    options), answers merged into {worker: stats} as ``inspect().stats()`` gives them."""
+    from .control import broadcast
 
     def ask(timeout: float) -> object:
-        with Connection(config.broker_url, transport_options=options, ssl=config.kombu_ssl,
-                        connect_timeout=CONNECT_TIMEOUT) as connection:
-            connection.ensure_connection(max_retries=1)
-            return app.control.inspect(timeout=timeout, connection=connection).stats()
+        answers: dict = {}
+        for reply in broadcast(config, "stats", reply=True, timeout=timeout) or ():
+            if isinstance(reply, dict):
+                answers.update(reply)
+        return answers or None
 
     return ask
