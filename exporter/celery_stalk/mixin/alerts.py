@@ -152,24 +152,32 @@ sum without (queue) (increase({_sel(c, "celery_task_failed_total")}[{window}]))"
     # it would miss the first hit of every task. An appeared series counts only if the
     # exporter was scraped in the window before: a fresh Prometheus, or an exporter back
     # from a long gap, shows old hits as new series.
-    lookback = c.time_limit_lookback
-    rules.append(Recording("tasks", n.time_limit_hits, f"""\
+    rules.append(Recording("tasks", n.time_limit_hits,
+                           new_since(c, limits, c.time_limit_lookback, c.time_limit_window)))
+    return rules
+
+
+def new_since(c: Config, counter: str, lookback: str, window: str) -> str:
+    """The series of ``counter`` that moved since ``lookback`` ago: it differs (grew, or its
+    exporter restarted and counted again), or it appeared since then while its exporter was
+    scraped in the ``window`` before (a fresh Prometheus, or an exporter back from a long
+    gap, shows old counts as new series)."""
+    return f"""\
 (
-    {limits}
+    {counter}
   !=
-    {limits} offset {lookback}
+    {counter} offset {lookback}
 )
 or
 (
     (
-        {limits}
+        {counter}
       unless
-        {limits} offset {lookback}
+        {counter} offset {lookback}
     )
   and on ({_target(c)})
-    max_over_time({_sel(c, "up")}[{c.time_limit_window}] offset {lookback}) == 1
-)"""))
-    return rules
+    max_over_time({_sel(c, "up")}[{window}] offset {lookback}) == 1
+)"""
 
 
 def alerts(c: Config) -> list[Alert]:

@@ -13,12 +13,11 @@ class Names:
 
 
 def recording_rules(c: Config) -> list:
-    from .alerts import Recording, _sel, _target
+    from .alerts import Recording, _sel, new_since
 
     active = _sel(c, "celery_worker_tasks_active")
     concurrency = _sel(c, "celery_worker_concurrency")
     orphaned = _sel(c, "celery_task_orphaned_total")
-    lookback = c.orphaned_lookback
     return [
         # Per exporter: tasks executing (heartbeats) over the pool size (inspect stats).
         # A worker that stopped answering inspect has no concurrency, so no utilisation.
@@ -32,22 +31,8 @@ sum without (worker) ({concurrency})"""),
         # counter differs from one lookback ago, or its series appeared since (increase()
         # cannot see a series' first sample, and the first orphan creates it) while the
         # exporter was scraped.
-        Recording("tasks", Names.orphaned, f"""\
-(
-    {orphaned}
-  !=
-    {orphaned} offset {lookback}
-)
-or
-(
-    (
-        {orphaned}
-      unless
-        {orphaned} offset {lookback}
-    )
-  and on ({_target(c)})
-    max_over_time({_sel(c, "up")}[{c.orphaned_window}] offset {lookback}) == 1
-)"""),
+        Recording("tasks", Names.orphaned,
+                  new_since(c, orphaned, c.orphaned_lookback, c.orphaned_window)),
     ]
 
 
