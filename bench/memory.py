@@ -35,14 +35,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from prometheus_client import CollectorRegistry  # noqa: E402
-from prometheus_client.exposition import choose_encoder  # noqa: E402
-
 from celery_stalk import __version__, exposition  # noqa: E402
 from celery_stalk.collectors import Exporter, model_collectors  # noqa: E402
 from celery_stalk.model import Model, ModelSettings  # noqa: E402
 from celery_stalk.sources import SourceState  # noqa: E402
 from ingest import machine  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
+from prometheus_client.exposition import choose_encoder  # noqa: E402
 from stream import EXCEPTIONS, _word  # noqa: E402
 
 ACCEPT = "application/openmetrics-text;version=1.0.0"

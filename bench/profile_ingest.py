@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import stream  # noqa: E402
 from consumers import CONSUMERS, wait_subscribed  # noqa: E402
 from ingest import Cursor, Publisher  # noqa: E402
+
 from tests.brokers import RedisServer, free_port  # noqa: E402
 
 PY_SPY = Path(sys.executable).parent / "py-spy"

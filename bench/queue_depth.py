@@ -32,6 +32,7 @@ from celery_stalk.brokers.redis import RedisQueueReader  # noqa: E402
 from consumers import Stalk  # noqa: E402
 from ingest import machine  # noqa: E402
 from scrape import percentiles  # noqa: E402
+
 from tests.brokers import RedisServer, free_port  # noqa: E402
 
 SEP = "\x06\x16"

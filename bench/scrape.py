@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import stream  # noqa: E402
 from consumers import Stalk, wait_subscribed  # noqa: E402
 from ingest import Publisher, machine, settled_counts  # noqa: E402
+
 from tests.brokers import RedisServer, free_port  # noqa: E402
 
 PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"

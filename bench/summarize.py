@@ -33,7 +33,7 @@ def ingest() -> str:
     if not runs:
         return ""
     out = [f"{len(runs)} runs; median (min–max). Load average (1 min) during the runs: "
-           + ", ".join(f"{min(l):.2f}–{max(l):.2f}" for l in (
+           + ", ".join(f"{min(loads):.2f}–{max(loads):.2f}" for loads in (
                [s["loadavg"] for shape in r["runs"].values() for c in shape.values()
                 for s in c["steps"]] for r in runs)) + ".", ""]
     for shape in ("batched", "single"):

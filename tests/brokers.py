@@ -122,7 +122,7 @@ class BrokerStartError(RuntimeError):
 
 # Servers that still own a process or temp dir; closed at interpreter exit in
 # case the test run is interrupted before fixtures tear down.
-_open_servers: set["_Server"] = set()
+_open_servers: set[_Server] = set()
 
 
 @atexit.register

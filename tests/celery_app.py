@@ -14,6 +14,7 @@ import time
 from celery import Celery
 from celery.exceptions import Reject
 
+
 def make_app(broker_url: str, transport_options: dict | None = None) -> Celery:
     """The app as both the worker and the producing test configure it."""
     celery = Celery("stalktest", broker=broker_url, set_as_current=False)

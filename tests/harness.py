@@ -86,7 +86,7 @@ class ExporterProcess:
     def url(self) -> str:
         return f"{'https' if self.tls_context else 'http'}://127.0.0.1:{self.port}"
 
-    def start(self, wait_ready: bool = True) -> "ExporterProcess":
+    def start(self, wait_ready: bool = True) -> ExporterProcess:
         self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         check = self.ready if wait_ready else self.serving
         eventually(lambda: self.proc.poll() is None and check(), 30, message=f"exporter up\n{self.output()}")
@@ -156,7 +156,7 @@ class WorkerProcess:
         self.log = tempfile.NamedTemporaryFile("w+", prefix="celery-worker-", suffix=".log")
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "WorkerProcess":
+    def start(self) -> WorkerProcess:
         # Own process group: a SIGKILL then takes the pool children down too,
         # as when a container or node dies.
         self.proc = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=self.log,

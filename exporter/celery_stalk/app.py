@@ -17,8 +17,8 @@ from .brokers.management import ManagementQueueReader
 from .capacity import CapacityPoller, broker_stats
 from .collectors import CapacityCollector, Exporter, QueueCollector, WebCollector, model_collectors
 from .collectors.enable_events import EnableEventsCollector
-from .enable_events import EventEnabler
 from .config import Config, redact
+from .enable_events import EventEnabler
 from .http import build_app, serve
 from .model import Model
 from .problems import ProblemWatch

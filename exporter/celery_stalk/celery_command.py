@@ -14,9 +14,8 @@ import json
 from collections.abc import Mapping
 
 import click
-from click.core import ParameterSource
-
 from celery.bin.base import CLIContext
+from click.core import ParameterSource
 
 from .cli import doctor_options, run_doctor_with, run_with, serve_options
 from .schedules import entries_from_app, redbeat_from_app

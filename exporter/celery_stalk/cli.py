@@ -1,4 +1,5 @@
-"""Command line: flags and CELERY_STALK_* env vars (declared in options.py) in, a Config out. No logic here."""
+"""Command line: flags and CELERY_STALK_* env vars (declared in options.py) in, a Config out.
+No logic here."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 import click
 
 from . import __version__
-from .config import ConfigError, Config
+from .config import Config, ConfigError
 from .options import DEFAULT_PORT, OPTIONS
 
 
@@ -149,7 +150,7 @@ def hash_password():
     try:
         click.echo(bcrypt_hash(password))
     except ValueError as exc:  # longer than bcrypt takes
-        raise click.UsageError(str(exc))
+        raise click.UsageError(str(exc)) from None
 
 
 @main.command()

@@ -303,12 +303,14 @@ class Parser:
             if not sep or not value or key not in BROKER_SSL_FILES + ("cert_reqs",):
                 self._fail(
                     f"--broker-ssl-option: {item!r} is not key=value with a key of "
-                    f"{', '.join(BROKER_SSL_FILES)}, cert_reqs, e.g. --broker-ssl-option ca_certs=/etc/ssl/broker-ca.pem"
+                    f"{', '.join(BROKER_SSL_FILES)}, cert_reqs, "
+                    "e.g. --broker-ssl-option ca_certs=/etc/ssl/broker-ca.pem"
                 )
             elif key == "cert_reqs":
                 value = value.lower().removeprefix("cert_")
                 if value not in CERT_REQS:
-                    self._fail(f"--broker-ssl-option: cert_reqs={value!r} is not one of {', '.join(CERT_REQS)}")
+                    self._fail(f"--broker-ssl-option: cert_reqs={value!r} is not one of "
+                               f"{', '.join(CERT_REQS)}")
                 parsed[key] = value
             elif not os.access(value, os.R_OK):
                 self._fail(f"--broker-ssl-option: {key}={value!r} is not a readable file: check the path")
@@ -425,7 +427,7 @@ def broker_url_problems(broker_url: str) -> list[str]:
         if parts.scheme == "filesystem":
             continue
         try:
-            parts.port  # raises on a port that is not a number, or out of range
+            _ = parts.port  # raises on a port that is not a number, or out of range
         except ValueError:
             port = parts.netloc.rpartition("@")[2].rpartition(":")[2]
             example = "host:6379/0" if parts.scheme.startswith("redis") else "host:5672//"

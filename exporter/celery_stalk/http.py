@@ -45,7 +45,8 @@ def build_app(
     def app(environ, start_response):
         method = environ.get("REQUEST_METHOD")
         if method not in METHODS:
-            return plain(start_response, "405 Method Not Allowed", "method not allowed: use GET or HEAD\n", [ALLOW])
+            return plain(start_response, "405 Method Not Allowed",
+                         "method not allowed: use GET or HEAD\n", [ALLOW])
         if method == "OPTIONS":
             start_response("200 OK", [ALLOW, ("Content-Length", "0")])
             return []

@@ -410,7 +410,8 @@ def _environ(base: dict, head: bytes, address: str) -> dict:
     try:
         headers = http.client.parse_headers(io.BytesIO(rest + b"\r\n\r\n"))
     except http.client.HTTPException:  # over 100 headers, or a line over 64 KiB
-        raise _Rejected("too_large", "431 Request Header Fields Too Large", "too many headers\n")
+        raise _Rejected("too_large", "431 Request Header Fields Too Large",
+                        "too many headers\n") from None
     if headers.get("Transfer-Encoding") or headers.get("Content-Length", "0").strip() != "0":
         raise _Rejected("too_large", "413 Content Too Large", "no request body is accepted\n")
     path, _, query = target.partition("?")

@@ -64,7 +64,8 @@ OPTIONS: tuple[Option, ...] = (
            "routes", repeatable=True, name="task_routes"),
     Option("broker-ssl-option", "key=value for TLS to the broker (rediss://, amqps://), used by the "
            "event consumer and the queue reader: ca_certs, certfile, keyfile (PEM files), cert_reqs "
-           "(required, the default; optional; none) (repeatable).", "broker_ssl", repeatable=True, name="broker_ssl"),
+           "(required, the default; optional; none) (repeatable).", "broker_ssl", repeatable=True,
+           name="broker_ssl"),
     Option("worker-timeout", "Seconds without a heartbeat before a worker is reported down. Each "
            "worker gets at least 2.5 of its own heartbeat intervals (5 s at Celery's default 2 s), "
            "so a value below that applies only to workers that heartbeat faster.", "seconds", "20",

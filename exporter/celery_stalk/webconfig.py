@@ -261,11 +261,11 @@ def load(path: str) -> WebConfig:
         with open(path, encoding="utf-8") as handle:
             raw = yaml.safe_load(handle)
     except OSError as exc:
-        raise WebConfigError([f"{where}: cannot read it ({exc.strerror}): check the path"])
+        raise WebConfigError([f"{where}: cannot read it ({exc.strerror}): check the path"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise WebConfigError([f"{where}: not valid YAML{at}: fix the syntax"])
+        raise WebConfigError([f"{where}: not valid YAML{at}: fix the syntax"]) from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise WebConfigError([f"{where}: must be a mapping with tls_server_config and/or basic_auth_users"])

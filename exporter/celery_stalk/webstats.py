@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from typing import Callable
+
 # Why a connection or request was turned away before any handler ran.
 REJECT_REASONS = (
     "client_connection_limit",  # --web-max-client-connections open from that address

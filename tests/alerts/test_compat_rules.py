@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from celery_stalk.collectors import CATALOG
 from celery_stalk.mixin import render
 from celery_stalk.mixin.compat import COMPAT, compat_path, compat_rule_file
 from celery_stalk.mixin.config import DEFAULT
-from tests.harness import ROOT
+
 from tests.alerts.promql import exposed_names, series_names
 from tests.alerts.test_rules import promtool
+from tests.harness import ROOT
 
 FACTS = yaml.safe_load((Path(__file__).parent / "upstream_metrics.yml").read_text())
 UNIT_TESTS = sorted((ROOT / "alerts" / "compat" / "tests").glob("*.yml"))

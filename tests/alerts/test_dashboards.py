@@ -8,8 +8,8 @@ import json
 import re
 
 import pytest
-
 from celery_stalk.collectors import CATALOG
+
 from tests.alerts.promql import exposed_names, series_names
 from tests.harness import ROOT
 

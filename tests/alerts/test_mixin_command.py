@@ -11,9 +11,9 @@ import sys
 
 import pytest
 import yaml
-
 from celery_stalk.mixin import RULES, RUNBOOK, render
 from celery_stalk.mixin.config import DEFAULT, TEST, ConfigError, overrides
+
 from tests.harness import ROOT
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from celery_stalk.collectors import CATALOG
 from celery_stalk.mixin import RULES, render
 from celery_stalk.mixin.alerts import alert_table, alerts
 from celery_stalk.mixin.config import DEFAULT, TEST, seconds
+
 from tests.alerts.promql import exposed_names, series_names
 from tests.harness import ROOT
 

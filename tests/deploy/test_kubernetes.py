@@ -13,9 +13,9 @@ import sys
 import kubernetes_validate
 import pytest
 import yaml
-
 from celery_stalk import __version__
 from celery_stalk.collectors import CATALOG
+
 from tests.deploy.mixin_outputs import ALERTS, PENDING, PENDING_REASON, dashboard_files
 from tests.harness import ROOT
 
@@ -86,7 +86,7 @@ def test_there_is_a_sidecar_beside_the_broker_and_a_standalone_deployment():
              for workload, _ in exporter_containers()}
     assert ("StatefulSet", 2) in kinds, "exporter as a sidecar of the broker"
     assert ("Deployment", 1) in kinds, "exporter as its own Deployment"
-    for workload, container in exporter_containers():
+    for workload, _container in exporter_containers():
         if workload["kind"] == "Deployment":
             # one per broker: a second replica would double every count
             assert workload["spec"]["replicas"] == 1

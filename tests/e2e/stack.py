@@ -156,7 +156,7 @@ class Webhook:
         self.url = f"http://127.0.0.1:{self.server.server_port}/"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def start(self) -> "Webhook":
+    def start(self) -> Webhook:
         self.thread.start()
         return self
 

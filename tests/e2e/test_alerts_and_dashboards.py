@@ -23,16 +23,23 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from celery import chain
-
 from celery_stalk.collectors import CATALOG
 from celery_stalk.mixin import RULES, render
 from celery_stalk.mixin.config import TEST, seconds
+
 from tests.alerts.promql import exposed_names, series_names
 from tests.brokers import RedisServer
 from tests.celery_app import make_app
 from tests.e2e.stack import Alertmanager, Prometheus, Webhook
-from tests.harness import (ROOT, BeatProcess, ExporterProcess, WorkerProcess, eventually,
-                           save_redbeat_entry, wait_worker_up)
+from tests.harness import (
+    ROOT,
+    BeatProcess,
+    ExporterProcess,
+    WorkerProcess,
+    eventually,
+    save_redbeat_entry,
+    wait_worker_up,
+)
 
 pytestmark = pytest.mark.integration
 

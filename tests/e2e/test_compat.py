@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-
 from celery_stalk.mixin.compat import COMPAT, TASK_EVENTS, compat_path
+
 from tests.celery_app import make_app
 from tests.e2e.stack import Prometheus
 from tests.harness import ROOT, ExporterProcess, WorkerProcess, eventually, wait_worker_up

@@ -9,8 +9,15 @@ import time
 
 import pytest
 
-from tests.harness import (BeatProcess, ExporterProcess, WorkerProcess, app_env, eventually,
-                           save_redbeat_entry, wait_worker_up)
+from tests.harness import (
+    BeatProcess,
+    ExporterProcess,
+    WorkerProcess,
+    app_env,
+    eventually,
+    save_redbeat_entry,
+    wait_worker_up,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+
 def run_cli(*args, env=None, timeout=30):
     return subprocess.run([sys.executable, "-m", "celery_stalk", *args], capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})

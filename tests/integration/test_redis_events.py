@@ -11,8 +11,8 @@ import time
 
 import pytest
 from celery.events import Event
-
 from celery_stalk.sources.redis import subscribe_pattern
+
 from tests.brokers import RedisServer
 from tests.celery_app import make_app
 from tests.harness import ExporterProcess, eventually

@@ -12,8 +12,8 @@ import subprocess
 import sys
 import time
 import urllib.error
-from contextlib import contextmanager
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 

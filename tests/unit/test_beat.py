@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from celery import Celery
 from celery.schedules import crontab
-
 from celery_stalk.model import OTHER, BeatEntry, Model, ModelSettings
 from celery_stalk.schedules import RedBeatReader, entries_from_app
+
 from tests import events as ev
 
 GRACE = 5.0

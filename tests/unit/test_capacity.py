@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from celery_stalk.capacity import CapacityPoller, WorkerCapacity, capacities
 from celery_stalk.config import Config, ConfigError
 

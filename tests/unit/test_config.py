@@ -6,10 +6,10 @@ import dataclasses
 
 import click
 import pytest
-
 from celery_stalk.config import Config, ConfigError, redact_url
 from celery_stalk.model import ModelSettings
 from celery_stalk.options import OPTIONS, default
+
 
 def test_config_parses_repeatable_queues_and_json_transport_options():
     config = Config.parse(

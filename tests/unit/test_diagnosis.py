@@ -3,11 +3,12 @@ the model's verdicts from replayed events with an injected clock (no sleep)."""
 
 from __future__ import annotations
 
-from celery_stalk.model import Model
 import logging
 import threading
 
+from celery_stalk.model import Model
 from celery_stalk.problems import ProblemWatch, find_problems
+
 from tests import events as ev
 
 A, B = "a@host", "b@host"

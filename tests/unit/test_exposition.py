@@ -12,20 +12,26 @@ import zlib
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import choose_encoder
-
 from celery_stalk import __version__, exposition
 from celery_stalk.brokers import QueueDepth
 from celery_stalk.capacity import CapacityPoller
-from celery_stalk.collectors import (CATALOG, CapacityCollector, Exporter, QueueCollector,
-                                     WebCollector, model_collectors)
+from celery_stalk.collectors import (
+    CATALOG,
+    CapacityCollector,
+    Exporter,
+    QueueCollector,
+    WebCollector,
+    model_collectors,
+)
 from celery_stalk.collectors.enable_events import EnableEventsCollector
 from celery_stalk.enable_events import EventEnabler
 from celery_stalk.exposition import SeriesCounter, SeriesHistogram
 from celery_stalk.model import BeatEntry, HistogramView, Model, ModelSettings
 from celery_stalk.sources import SourceState
 from celery_stalk.webstats import WebStats
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import choose_encoder
+
 from tests import events as ev
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "metrics.prom"

@@ -28,7 +28,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-
 from celery_stalk.model import Model, ModelSettings
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "events"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from celery_stalk.model import OTHER, UNKNOWN, Model, ModelSettings, exception_class
+
 from tests import events as ev
 
 

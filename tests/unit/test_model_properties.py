@@ -7,14 +7,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-
 from celery_stalk import __version__
 from celery_stalk.collectors import Exporter, model_collectors
-from celery_stalk.sources import SourceState
 from celery_stalk.model import (
     BAD_VALUE,
     MAX_DURATION,
@@ -28,6 +22,12 @@ from celery_stalk.model import (
     ModelSettings,
     exception_class,
 )
+from celery_stalk.sources import SourceState
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests import events as ev
 
 PROPERTY = settings(max_examples=300, deadline=None,

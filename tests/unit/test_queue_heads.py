@@ -11,8 +11,6 @@ import json
 
 import pytest
 from celery import Celery
-from kombu.utils.json import dumps
-
 from celery_stalk.brokers.heads import (
     BODY_UNREADABLE,
     NO_TASK_ID,
@@ -22,6 +20,8 @@ from celery_stalk.brokers.heads import (
     head_task_id,
 )
 from celery_stalk.model import Model
+from kombu.utils.json import dumps
+
 from tests import events as ev
 
 

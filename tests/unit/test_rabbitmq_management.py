@@ -4,7 +4,6 @@ the API's list read (the API itself is exercised in tests/integration)."""
 from __future__ import annotations
 
 import pytest
-
 from celery_stalk.brokers.management import parse_queue, vhost_of
 from celery_stalk.config import Config, ConfigError
 

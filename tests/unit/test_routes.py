@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
 from celery_stalk.config import Config, ConfigError
 from celery_stalk.model import UNKNOWN, Model, TaskRoutes
+
 from tests import events as ev
 
 

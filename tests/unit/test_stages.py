@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from celery_stalk.model import Model, ModelSettings
+from celery_stalk.model.stages import PENDING, RESERVED, RUNNING
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from celery_stalk.model import Model, ModelSettings
-from celery_stalk.model.stages import PENDING, RESERVED, RUNNING
 from tests import events as ev
 
 W1, W2 = "w1@host-a", "w2@host-b"

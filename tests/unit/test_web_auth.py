@@ -7,7 +7,6 @@ import base64
 
 import bcrypt
 import pytest
-
 from celery_stalk.httpserver import client_key
 from celery_stalk.webconfig import BasicAuth, FailureBudget, Throttled, hash_password
 from celery_stalk.webstats import WebStats

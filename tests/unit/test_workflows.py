@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from celery_stalk.model import Model, ModelSettings
+
 from tests import events as ev
 
 SETTLE = 5.0

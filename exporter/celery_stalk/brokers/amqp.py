@@ -8,7 +8,7 @@ task-sent events.
 from __future__ import annotations
 
 import threading
-from typing import Iterable
+from collections.abc import Iterable
 
 from kombu import Connection
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import orjson
 import time
-from typing import Callable, Iterable
+from collections.abc import Iterable
+from typing import Callable
+
+import orjson
 
 from ..model.fields import MAX_TASK_ID_LENGTH
 

@@ -20,8 +20,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from . import QueueDepth, is_internal_queue

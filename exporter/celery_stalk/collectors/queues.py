@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 from prometheus_client.core import Metric as Family
 
 from ..brokers import QueueReader
-from ..model import Model
 from ..exposition import SeriesGauge
+from ..model import Model
 from .catalog import CATALOG, labelled, single
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from collections.abc import Iterable
+from typing import Callable
 
 from prometheus_client.core import Metric as Family
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from itertools import accumulate
 from collections.abc import Callable, Iterable
+from itertools import accumulate
 
 from prometheus_client.core import Metric as Family
 from prometheus_client.utils import floatToGoString

@@ -744,7 +744,8 @@ unless
                 "task's first hit (a new series), with no `for:`: every hit is worth a look and "
                 f"none is noise. It resolves {span(c.time_limit_window)} after the last "
                 "evaluation that saw a hit (a hit is seen for "
-                f"{span(c.time_limit_lookback)}), so a later hit pages again; hits closer together than that are one page. Hits "
+                f"{span(c.time_limit_lookback)}), so a later hit pages again; hits closer "
+                "together than that are one page. Hits "
                 "counted while Prometheus was not scraping the exporter (a fresh Prometheus, a "
                 f"gap over {span(c.time_limit_window)}) do not page."
             ),

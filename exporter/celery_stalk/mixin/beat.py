@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from .config import Config, span
 
-
 MISSING = "entry:celery_beat_entry_last_missed_timestamp_seconds:not_run_since"
 
 

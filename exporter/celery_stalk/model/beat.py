@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from .fields import MAX_DURATION, number
 from .labels import OTHER, label_value

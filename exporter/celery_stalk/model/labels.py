@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable, Iterable
+from collections.abc import Iterable
+from typing import Callable
 
 UNKNOWN = "unknown"
 OTHER = "other"
