@@ -171,11 +171,18 @@ class EventSource:
         self.reader.close(broken=False)  # stopping: the broker drops our event queue at once
 
     def _wake_workers(self) -> None:
-        """Ask every worker for a heartbeat now, so the fleet is known at once."""
-        try:
-            self.wake_workers()
-        except Exception as exc:  # a courtesy: heartbeats arrive anyway within 2 s
-            log.debug("could not ask workers for a heartbeat: %s", exc)
+        """Ask every worker for a heartbeat now, so the fleet is known at once.
+
+        On a thread of its own: the broadcast opens a connection of its own, which may take
+        up to its connect timeout on a broker that is slow or half gone, and must not hold
+        up the events (a reconnect after a stall waited for it)."""
+        def wake() -> None:
+            try:
+                self.wake_workers()
+            except Exception as exc:  # a courtesy: heartbeats arrive anyway within 2 s
+                log.debug("could not ask workers for a heartbeat: %s", exc)
+
+        threading.Thread(target=wake, name="celery-stalk-wake-workers", daemon=True).start()
 
     def _pump(self) -> None:
         reader, model, clock, stop = self.reader, self.model, self.clock, self._stop
