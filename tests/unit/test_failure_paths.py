@@ -150,16 +150,20 @@ def reference_waits(events: list[dict]) -> list[float]:
                     eta = eta.replace(tzinfo=timezone.utc)
                 begin = max(begin, eta.timestamp())
             sends[(event["uuid"], event["retries"])] = begin
+    # Runs received and not started yet, in order: a start is the earliest one's (a run's
+    # retry can be received before the worker reports that run's start).
+    unstarted: dict[str, list[int]] = {}
     run: dict[str, int] = {}
     requeued: dict[tuple[str, int], float] = {}
     waits = []
     for event in events:
         kind, task_id = event["type"], event.get("uuid")
         if kind == "task-received":
-            run[task_id] = event["retries"]
+            unstarted.setdefault(task_id, []).append(event["retries"])
         elif kind == "task-rejected" and event.get("requeue"):
             requeued[(task_id, run[task_id])] = event["timestamp"]
         elif kind == "task-started":
+            run[task_id] = unstarted[task_id].pop(0)
             key = (task_id, run[task_id])
             begin = requeued.pop(key) if key in requeued else sends.pop(key)
             # Celery stamps task-sent after publishing: a fast start can come out a
@@ -266,12 +270,35 @@ def retry_sent_first(events: list[dict], times: list[float]):
     return events, times
 
 
+def retry_received_first(events: list[dict], times: list[float]):
+    """Each retry's task-received comes before the task-started of the run that retried:
+    the worker's main process read the retry's message from the broker before the pool
+    process's word that it had accepted the run (a race of two file descriptors)."""
+    for index in [i for i, e in enumerate(events)
+                  if e["type"] == "task-received" and e["retries"]]:
+        task_id = events[index]["uuid"]
+        starts = [i for i, e in enumerate(events[:index])
+                  if e["type"] == "task-started" and e["uuid"] == task_id]
+        if starts:
+            events, times = move(events, times, index, starts[-1])
+    return events, times
+
+
+def retry_sent_and_received_first(events: list[dict], times: list[float]):
+    """Both of the above: the retry's task-sent and task-received before the retried start."""
+    return retry_received_first(*retry_sent_first(events, times))
+
+
+REORDERS = (sent_after_worker, sent_after_retry, retry_sent_first, retry_received_first,
+            retry_sent_and_received_first)
+
+
 def reordered() -> list:
     """(fixture, reorder) for every reorder that changes a fixture's order."""
     cases = []
     for path in FIXTURE_PATHS:
         data = load(path)
-        for reorder in (sent_after_worker, sent_after_retry, retry_sent_first):
+        for reorder in REORDERS:
             if reorder(data["events"], data["received_at"])[0] != data["events"]:
                 cases.append(pytest.param(path, reorder,
                                           id=f"{fixture_id(path)}-{reorder.__name__}"))
@@ -473,3 +500,49 @@ def test_a_negative_wait_between_hosts_still_counts_as_skew():
     # 5 s apart: skew; 10 ms "before" the send: the send was stamped after publishing
     assert snap.clock_skew == 1
     assert snap.wait[("app.job", QUEUE)].counts[0] == 2  # both observed as 0
+
+
+def test_a_retry_received_before_the_start_of_the_run_it_retries():
+    """The worker's main process can read a retry's message before its pool process's word
+    that it accepted the run that retried: the next task-started is still that run's."""
+    model = Model()
+    eta = "2026-01-01T00:00:00.200000+00:00"
+    zero = datetime.fromisoformat(eta).timestamp() - 0.2
+    events = [
+        sent("t1", "app.retrying", zero),
+        worker_event("task-received", "t1", zero + 0.01, name="app.retrying", retries=0),
+        sent("t1", "app.retrying", zero + 0.04, retries=1, eta=eta),
+        worker_event("task-received", "t1", zero + 0.05, name="app.retrying", retries=1),
+        worker_event("task-started", "t1", zero + 0.06),  # run 0's, waited 0.06 s
+        worker_event("task-retried", "t1", zero + 0.07),
+        worker_event("task-started", "t1", zero + 0.25),  # run 1's: 0.05 s after its ETA
+        worker_event("task-succeeded", "t1", zero + 0.3, runtime=0.05),
+    ]
+    for event in events:
+        model.apply(event, event["timestamp"])
+    snap = model.snapshot(zero + 1)
+    key = ("app.retrying", QUEUE)
+    assert sum(snap.wait[key].counts) == 2
+    assert snap.wait[key].total == pytest.approx(0.06 + 0.05)
+    assert snap.clock_skew == 0 and snap.tracked_tasks == 0
+
+
+def test_a_retry_whose_run_start_was_lost_is_measured_from_its_own_send():
+    """Run 0's task-started never came (its task-retried did): run 1's start is run 1's."""
+    model = Model()
+    events = [
+        sent("t1", "app.retrying", 100.0),
+        worker_event("task-received", "t1", 100.01, name="app.retrying", retries=0),
+        sent("t1", "app.retrying", 100.04, retries=1),
+        worker_event("task-received", "t1", 100.05, name="app.retrying", retries=1),
+        worker_event("task-retried", "t1", 100.07),
+        worker_event("task-started", "t1", 100.10),
+        worker_event("task-succeeded", "t1", 100.2, runtime=0.1),
+    ]
+    for event in events:
+        model.apply(event, event["timestamp"])
+    snap = model.snapshot(101.0)
+    key = ("app.retrying", QUEUE)
+    assert sum(snap.wait[key].counts) == 1
+    assert snap.wait[key].total == pytest.approx(0.06)
+    assert snap.clock_skew == 0 and snap.tracked_tasks == 0

@@ -268,12 +268,13 @@ class TaskEvents:
         task = self.tracker.get_or_add(task_id)
         if task.name is None:
             task.name = self.ledger.task_names.admit(name, now)
-        if task.started is not None:  # the last start still waits for its task-sent
-            if task.earlier_starts is None:
-                task.earlier_starts = {}
-            task.earlier_starts[task.run] = task.started
-        task.run = run_of(event)
-        task.started = None  # this delivery has not started yet
+        run = run_of(event)
+        if (task.unstarted and run is not None and task.run is not None
+                and run > task.run):  # a retry of a run whose start is still to come
+            task.next_run = run
+        else:
+            task.begin_run(run)
+            task.next_run = None
         # The worker's name, not checked as a label: only the registry's (checked)
         # names are ever looked up with it.
         hostname = event.get("hostname")
@@ -311,6 +312,10 @@ class TaskEvents:
             counter[labels] = counter.get(labels, 0) + 1
             if task.started is not None:
                 self._observe_start(task, labels)
+        task.unstarted = False
+        if task.next_run is not None:  # its retry was received already: now the current run
+            task.begin_run(task.next_run)
+            task.next_run = None
         return None
 
     def _end(self, task_id: str, kind: str, detail, now: float, event: dict) -> None:
@@ -364,6 +369,9 @@ class TaskEvents:
         task = self.tracker.get(task_id)
         if task is not None and task.stage == RUNNING:  # the retry's task-sent not seen (yet)
             self.stages.leave(task_id, task)
+        if task is not None and task.next_run is not None:  # the retried run's start was lost
+            task.begin_run(task.next_run)
+            task.next_run = None
         if task is None or task.settled or not self._held(task_id, task, "task-retried",
                                                             None, now):
             self.ledger.count("task-retried", self.labels("task-retried", task))

@@ -12,8 +12,9 @@ class TrackedTask:
     (or ETA/countdown, if later), or the task-rejected that requeued it.
     """
 
-    __slots__ = ("name", "queue", "settled", "run", "started", "earlier_starts", "ready_run",
-                 "ready", "more_ready", "held", "first", "stage", "where", "since", "sent")
+    __slots__ = ("name", "queue", "settled", "run", "unstarted", "next_run", "started",
+                 "earlier_starts", "ready_run", "ready", "more_ready", "held", "first", "stage",
+                 "where", "since", "sent")
 
     def __init__(self) -> None:
         self.name: str | None = None
@@ -22,6 +23,12 @@ class TrackedTask:
         # known), or holding gave up.
         self.settled = False
         self.run: int | None = None  # retries number of the current delivery
+        self.unstarted = False  # the current run was received and its task-started not seen
+        # A retry received before the current run's task-started: the worker's main
+        # process can read the retry's message (published by the pool process running
+        # the current run) before the pool process's word that it accepted the run.
+        # The next start is still the current run's; this run follows it.
+        self.next_run: int | None = None
         self.started: float | None = None  # current run's task-started, wait not yet observed
         # Starts of earlier runs still waiting for their task-sent when the next run was
         # delivered (a producer's task-sent that came after the retry): run -> started.
@@ -44,6 +51,17 @@ class TrackedTask:
         # Its latest task-sent's timestamp (a retry's own message is sent again): dates
         # its message while it waits in the broker (brokers/heads.py).
         self.sent: float | None = None
+
+    def begin_run(self, run: int | None) -> None:
+        """Make ``run``, received, the current run; a start of the last run still waiting
+        for its task-sent is kept under that run."""
+        if self.started is not None:
+            if self.earlier_starts is None:
+                self.earlier_starts = {}
+            self.earlier_starts[self.run] = self.started
+            self.started = None
+        self.run = run
+        self.unstarted = True
 
     def add_ready(self, run: int | None, at: float) -> None:
         if self.ready is None or self.ready_run == run:
