@@ -43,13 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import rabbitmq  # noqa: E402
 import stream  # noqa: E402
 from consumers import CONSUMERS, wait_subscribed  # noqa: E402
+from pacing import PacedPublisher  # noqa: E402
 
 from tests.brokers import RabbitMQServer, RedisServer, free_port  # noqa: E402
 
 CONSUMER_CPU, PUBLISHER_CPU = 1, 0  # with --pin
 
 
-class Publisher:
+class Publisher(PacedPublisher):
     """Writes ready RESP PUBLISH commands to Redis at a paced rate; counts the replies.
 
     A reply of 0 means no subscriber received the message: the consumer had
@@ -57,9 +58,7 @@ class Publisher:
     """
 
     def __init__(self, port: int, fleet: stream.Fleet):
-        self.fleet = fleet
-        self.heartbeats = 0
-        self.next_heartbeat = 0.0
+        super().__init__(fleet)
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.replies = 0
@@ -81,44 +80,17 @@ class Publisher:
 
     def publish(self, messages: list, rate: float | None) -> tuple[float, float]:
         """Send ``messages`` at ``rate`` events/s (None: as fast as possible), and the
-        workers' heartbeats meanwhile; returns when it started and ended."""
+        workers' heartbeats meanwhile; returns when it started and ended, once Redis
+        has answered every command."""
         commands = len(messages)
         heartbeats_before = self.heartbeats
         replies_before = self.replies
-        self.next_heartbeat = 0.0
-        start = time.perf_counter()
-        sent = 0
-        i, n = 0, len(messages)
-        while i < n:
-            allowed = float("inf") if rate is None else rate * (time.perf_counter() - start) + 1
-            batch, size = [], 0
-            while i < n and sent < allowed and size < (1 << 20):
-                batch.append(messages[i].command)
-                size += len(messages[i].command)
-                sent += messages[i].events
-                i += 1
-            now = time.time()
-            if now >= self.next_heartbeat:
-                batch += self.heartbeat_commands(now)
-            if batch:
-                self.sock.sendall(b"".join(batch))
-            else:
-                time.sleep(0.0005)
+        start = self.send_paced(messages, rate)
         end = time.perf_counter()
         commands += self.heartbeats - heartbeats_before
         while self.replies < replies_before + commands:
             time.sleep(0.001)
         return start, end
-
-    def heartbeat_commands(self, now: float) -> list[bytes]:
-        """A heartbeat from every worker, as each sends one every 2 s of wall time."""
-        self.next_heartbeat = now + 2.0
-        commands = []
-        for hostname in self.fleet.workers_now():
-            event = self.fleet.heartbeat(hostname, now)
-            commands.append(self.fleet.message("worker.heartbeat", hostname, event).command)
-        self.heartbeats += len(commands)
-        return commands
 
     def close(self) -> None:
         self.sock.close()

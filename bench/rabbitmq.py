@@ -18,15 +18,14 @@ import time
 
 import stream
 from kombu import Connection, Exchange
+from pacing import PacedPublisher
 
 
-class AmqpPublisher:
+class AmqpPublisher(PacedPublisher):
     """Paced publishing of ready frames, and every worker's heartbeat every 2 s."""
 
     def __init__(self, url: str, fleet: stream.Fleet):
-        self.fleet = fleet
-        self.heartbeats = 0
-        self.next_heartbeat = 0.0
+        super().__init__(fleet)
         self.unreceived = 0  # AMQP says nothing of unrouted messages without confirms
         self.connection = Connection(url, heartbeat=0)
         self.connection.connect()
@@ -41,35 +40,8 @@ class AmqpPublisher:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 0)
 
     def publish(self, messages: list, rate: float | None) -> tuple[float, float]:
-        self.next_heartbeat = 0.0
-        start = time.perf_counter()
-        sent = 0
-        i, n = 0, len(messages)
-        while i < n:
-            allowed = float("inf") if rate is None else rate * (time.perf_counter() - start) + 1
-            batch, size = [], 0
-            while i < n and sent < allowed and size < (1 << 20):
-                batch.append(messages[i].command)
-                size += len(messages[i].command)
-                sent += messages[i].events
-                i += 1
-            now = time.time()
-            if now >= self.next_heartbeat:
-                batch += self.heartbeat_commands(now)
-            if batch:
-                self.sock.sendall(b"".join(batch))
-            else:
-                time.sleep(0.0005)
+        start = self.send_paced(messages, rate)
         return start, time.perf_counter()
-
-    def heartbeat_commands(self, now: float) -> list[bytes]:
-        self.next_heartbeat = now + 2.0
-        commands = []
-        for hostname in self.fleet.workers_now():
-            event = self.fleet.heartbeat(hostname, now)
-            commands.append(self.fleet.message("worker.heartbeat", hostname, event).command)
-        self.heartbeats += len(commands)
-        return commands
 
     def close(self) -> None:
         try:

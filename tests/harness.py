@@ -242,3 +242,28 @@ def wait_finished(exporter: ExporterProcess, count: int, timeout: float = 60) ->
         return m if done >= count else None
 
     return eventually(finished, timeout, message=f"{count} tasks finished")
+
+
+def check_every_shape_counted(exporter: ExporterProcess, expected: dict[str, int],
+                              invalid: dict[str, int]) -> Metrics:
+    """The end of each transport's every-shape test (10 tasks of app.batched and 5 of
+    app.single on queue work, garbage beside them): each event type counted exactly as
+    ``expected``, still so a second later (nothing counted twice or late), each kind of
+    garbage by its reason as ``invalid``, and the connection never lost. Returns that scrape."""
+    def all_counted():
+        m = exporter.scrape()
+        return all(m.get("celery_stalk_events_total", type=k) == v for k, v in expected.items())
+
+    eventually(all_counted, 30, message=f"events counted\n{exporter.output()}")
+    time.sleep(1)  # anything counted twice or late would show now
+    m = exporter.scrape()
+    for kind, n in expected.items():
+        assert m.get("celery_stalk_events_total", type=kind) == n, kind
+    assert m.get("celery_stalk_events_total", type="worker-heartbeat") >= 1
+    assert m.get("celery_task_succeeded_total", task="app.batched", queue="work") == 10
+    assert m.get("celery_task_succeeded_total", task="app.single", queue="work") == 5
+    for reason, n in invalid.items():
+        assert m.get("celery_stalk_events_invalid_total", reason=reason) == n, reason
+    assert m.get("celery_stalk_broker_reconnects_total") == 0
+    assert m.get("celery_stalk_events_connected") == 1
+    return m

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 class WorkerCapacity:
     concurrency: int | None  # the pool's max-concurrency
     prefetch_count: int | None  # the consumer's current prefetch (QoS) count
+    pool: str | None  # the pool's kind: prefork, threads, solo, gevent, eventlet...
 
 
 @dataclass
@@ -54,8 +55,18 @@ def capacities(replies: object, limit: int) -> dict[str, WorkerCapacity]:
         prefetch = gauge_int(stats.get("prefetch_count"))
         if concurrency is None and prefetch is None:
             continue
-        found[worker] = WorkerCapacity(concurrency, prefetch)
+        found[worker] = WorkerCapacity(concurrency, prefetch, pool_kind(pool))
     return found
+
+
+def pool_kind(pool: object) -> str | None:
+    """The pool's kind from its implementation's module ("celery.concurrency.prefork:TaskPool"
+    is prefork)."""
+    implementation = pool.get("implementation") if isinstance(pool, dict) else None
+    if not isinstance(implementation, str):
+        return None
+    kind = implementation.rpartition(":")[0].rpartition(".")[2]
+    return kind if label_value(kind) is not None else None
 
 
 class CapacityPoller:

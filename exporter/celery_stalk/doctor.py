@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 
 from .brokers import reader_for
+from .capacity import broker_stats, capacities
 from .config import Config, redact
-from .control import broadcast
 from .model import Model
 from .model.diagnosis import CLOCK_SKEW_LIMIT
 from .problems import SENT_EVENTS_FIX, clock_skew, sent_events_missing, task_events_off
@@ -207,19 +207,12 @@ def _pools(config: Config) -> dict[str, str]:
     carry them): {worker: "pool prefork x4"}. Workers that do not answer in time are left
     out; this is information, never a failure."""
     try:
-        replies = broadcast(config, "stats", reply=True, timeout=STATS_TIMEOUT) or []
+        replies = broker_stats(config)(STATS_TIMEOUT)
     except Exception:
         return {}
-    pools = {}
-    for reply in replies:
-        for worker, stats in reply.items() if isinstance(reply, dict) else ():
-            pool = stats.get("pool") if isinstance(stats, dict) else None
-            if not isinstance(pool, dict):
-                continue
-            kind = str(pool.get("implementation", "?")).rpartition(":")[0].rpartition(".")[2]
-            size = pool.get("max-concurrency")
-            pools[worker] = f"pool {kind or '?'}" + (f" x{size}" if size else "")
-    return pools
+    return {worker: f"pool {found.pool or '?'}"
+            + (f" x{found.concurrency}" if found.concurrency else "")
+            for worker, found in capacities(replies, config.model.max_workers).items()}
 
 
 def _queues(config: Config, model: Model, reader) -> tuple[list[Check], dict[str, int]]:

@@ -16,8 +16,8 @@ def stats(concurrency, prefetch):
 
 def test_replies_become_concurrency_and_prefetch_per_worker():
     replies = {"w1@a": stats(4, 16), "w2@b": stats(1, 4)}
-    assert capacities(replies, 10) == {"w1@a": WorkerCapacity(4, 16),
-                                       "w2@b": WorkerCapacity(1, 4)}
+    assert capacities(replies, 10) == {"w1@a": WorkerCapacity(4, 16, "prefork"),
+                                       "w2@b": WorkerCapacity(1, 4, "prefork")}
 
 
 def test_no_reply_is_no_worker():
@@ -29,7 +29,7 @@ def test_no_reply_is_no_worker():
     {"pool": {"max-concurrency": True}}, {"error": "No handler"},
 ])
 def test_malformed_replies_are_skipped(reply):
-    assert capacities({"w1@a": reply, "w2@b": stats(2, 8)}, 10) == {"w2@b": WorkerCapacity(2, 8)}
+    assert capacities({"w1@a": reply, "w2@b": stats(2, 8)}, 10) == {"w2@b": WorkerCapacity(2, 8, "prefork")}
 
 
 def test_bad_worker_names_are_skipped_and_workers_capped():
@@ -40,7 +40,7 @@ def test_bad_worker_names_are_skipped_and_workers_capped():
 
 
 def test_half_a_reply_is_kept():
-    assert capacities({"w@a": {"prefetch_count": 8}}, 5) == {"w@a": WorkerCapacity(None, 8)}
+    assert capacities({"w@a": {"prefetch_count": 8}}, 5) == {"w@a": WorkerCapacity(None, 8, None)}
 
 
 def test_poller_keeps_the_last_answer_through_failures_and_counts_them():
@@ -64,11 +64,11 @@ def test_poller_keeps_the_last_answer_through_failures_and_counts_them():
     assert not poller.poll()
     assert not poller.poll()
     snap = poller.snapshot()
-    assert snap.workers == {"w1@a": WorkerCapacity(4, 16)}
+    assert snap.workers == {"w1@a": WorkerCapacity(4, 16, "prefork")}
     assert (snap.last_success, snap.failures) == (100.0, 2)
     assert poller.poll()
     snap = poller.snapshot()
-    assert snap.workers == {"w2@b": WorkerCapacity(2, 8)}  # w1 did not answer: gone
+    assert snap.workers == {"w2@b": WorkerCapacity(2, 8, "prefork")}  # w1 did not answer: gone
     assert (snap.last_success, snap.failures) == (400.0, 2)
     assert asked_with == [2.5] * 4
 
@@ -81,3 +81,17 @@ def test_inspect_interval_zero_is_off_and_negative_is_refused():
     text = str(error.value)
     assert "--inspect-interval: '-1' is not a number of seconds >= 0 (0: off)" in text
     assert "--inspect-timeout" in text
+
+
+@pytest.mark.parametrize("implementation, kind", [
+    ("celery.concurrency.prefork:TaskPool", "prefork"),
+    ("celery.concurrency.gevent:TaskPool", "gevent"),
+    ("celery.concurrency.solo:TaskPool", "solo"),
+    ("TaskPool", None),  # no module named
+    (7, None),
+    ("celery.concurrency." + "x" * 301 + ":TaskPool", None),  # too long to print
+])
+def test_pool_kind_is_the_implementation_module(implementation, kind):
+    reply = stats(2, 8)
+    reply["pool"]["implementation"] = implementation
+    assert capacities({"w@a": reply}, 5)["w@a"].pool == kind

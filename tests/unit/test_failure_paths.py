@@ -258,30 +258,29 @@ def sent_after_retry(events: list[dict], times: list[float]):
     return events, times
 
 
-def retry_sent_first(events: list[dict], times: list[float]):
-    """Each retry's task-sent (published at once by the pool process) arrives before the
-    task-started of the run that retried, still in the worker's event buffer."""
-    for index in [i for i, e in enumerate(events) if e["type"] == "task-sent" and e["retries"]]:
+def before_the_retried_start(kind: str, events: list[dict], times: list[float]):
+    """Each retry's ``kind`` event moved to just before the task-started of the run that
+    retried."""
+    for index in [i for i, e in enumerate(events) if e["type"] == kind and e["retries"]]:
         task_id = events[index]["uuid"]
         starts = [i for i, e in enumerate(events[:index])
                   if e["type"] == "task-started" and e["uuid"] == task_id]
         if starts:
             events, times = move(events, times, index, starts[-1])
     return events, times
+
+
+def retry_sent_first(events: list[dict], times: list[float]):
+    """Each retry's task-sent (published at once by the pool process) arrives before the
+    task-started of the run that retried, still in the worker's event buffer."""
+    return before_the_retried_start("task-sent", events, times)
 
 
 def retry_received_first(events: list[dict], times: list[float]):
     """Each retry's task-received comes before the task-started of the run that retried:
     the worker's main process read the retry's message from the broker before the pool
     process's word that it had accepted the run (a race of two file descriptors)."""
-    for index in [i for i, e in enumerate(events)
-                  if e["type"] == "task-received" and e["retries"]]:
-        task_id = events[index]["uuid"]
-        starts = [i for i, e in enumerate(events[:index])
-                  if e["type"] == "task-started" and e["uuid"] == task_id]
-        if starts:
-            events, times = move(events, times, index, starts[-1])
-    return events, times
+    return before_the_retried_start("task-received", events, times)
 
 
 def retry_sent_and_received_first(events: list[dict], times: list[float]):
