@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 
 from tests.harness import Metrics, WorkerProcess, eventually, free_port, scrape
@@ -111,11 +112,22 @@ def by_task(m: Metrics, name: str, queue: str = "work") -> dict[str, float]:
     return found
 
 
-def wait_finished(worker: InstrumentedWorker, count: int, timeout: float = 120) -> Metrics:
-    def finished():
+def wait_finished(worker: InstrumentedWorker, count: int, stall: float = 30,
+                  timeout: float = 600) -> Metrics:
+    """Wait until ``count`` tasks have finished, as long as the worker keeps finishing some:
+    fails after ``stall`` seconds without one (or ``timeout`` in all). Some pools are slow
+    by Celery's own doing (tests/integration/test_worker_metrics.py, POOLS)."""
+    start = progress_at = time.monotonic()
+    done_before = -1.0
+    while True:
         m = worker.scrape()
         done = m.sum("celery_task_succeeded_total") + m.sum("celery_task_failed_total")
-        return m if done >= count else None
-
-    return eventually(finished, timeout, interval=0.5,
-                      message=f"{count} tasks finished on {worker.nodename}\n{worker.output()[-3000:]}")
+        if done >= count:
+            return m
+        now = time.monotonic()
+        if done > done_before:
+            done_before, progress_at = done, now
+        if now - progress_at > stall or now - start > timeout:
+            raise AssertionError(f"{done:g} of {count} tasks finished on {worker.nodename}, "
+                                 f"none for {now - progress_at:.0f} s\n{worker.output()[-3000:]}")
+        time.sleep(0.5)

@@ -93,8 +93,10 @@ def check_backoff(delays: list[float], base: float = 0.5, cap: float = 10.0):
 
 def outage_and_recovery(server, url, fleet, heartbeat_wait=30):
     """Stop the broker under a running worker and exporter, check what the exporter
-    says during the outage, bring the broker back, check it resumes counting."""
-    exporter = fleet(ExporterProcess(url))
+    says during the outage, bring the broker back, check it resumes counting. The least
+    worker timeout there is (5 s): the worker, retrying on Celery's own schedule, can come
+    back well after the exporter, and is not lost for it."""
+    exporter = fleet(ExporterProcess(url, "--worker-timeout", "5"))
     worker = fleet(WorkerProcess(url, f"outage-{server.name}@{HOST}", concurrency=1))
     wait_worker_up(exporter, worker.nodename, 60)
     send_and_wait(exporter, url, 4, 4)

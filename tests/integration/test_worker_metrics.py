@@ -44,9 +44,11 @@ POOLS = [
     pytest.param("threads", False, None, id="threads"),
     pytest.param("solo", False, None, id="solo"),
     pytest.param("gevent", True, None, id="gevent"),
-    # The slowest by far (~40 s): Celery's eventlet worker on Redis with task events off
-    # finishes about two tasks a second however it is instrumented (an uninstrumented worker
-    # of the same app: 60 tasks in 28 s; with -E: 0.5 s).
+    # The slowest by far (about 150 s here): Celery's eventlet worker on Redis with task
+    # events off and worker_prefetch_multiplier=1 (the tests' app) finishes a task or two a
+    # second however it is instrumented (a plain app's worker, the same settings, no
+    # instrumentation: 60 no-op tasks in 43 s; with -E or the default multiplier: 0.3 s).
+    # wait_finished waits as long as tasks keep finishing.
     pytest.param("eventlet", False, None, id="eventlet"),
 ]
 

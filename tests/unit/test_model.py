@@ -304,11 +304,44 @@ def test_broker_outage_does_not_declare_the_fleet_lost():
         model.tick(float(t))
     assert model.snapshot(1100.0).workers["a@x"].up  # unknown: last verdict kept
     model.link_up(1100.0)
-    model.tick(1105.0)
-    snap = model.snapshot(1105.0)
+    # A worker heard at 1000 lost the broker after that: 100 s into an outage Celery's
+    # reconnect attempts are 20 s apart (2, 4, ... 18 s waited: 90 s), so it gets its
+    # timeout (10 s) and those 20 s after the reconnect.
+    model.tick(1129.0)
+    snap = model.snapshot(1129.0)
     assert snap.workers["a@x"].up and snap.workers_lost == 0  # grace after reconnect
-    model.tick(1111.0)
-    assert model.snapshot(1111.0).workers_lost == 1  # still silent: now it is lost
+    model.tick(1131.0)
+    assert model.snapshot(1131.0).workers_lost == 1  # still silent: now it is lost
+
+
+@pytest.mark.parametrize("outage, wait", [
+    (0.5, 2.0), (1.99, 2.0), (2.0, 4.0), (12.0, 8.0), (13.0, 8.0), (60.0, 16.0),
+    (239.0, 30.0), (3600.0, 30.0),
+])
+def test_reconnect_wait_follows_celerys_retry_schedule(outage, wait):
+    """Attempts 2, 4, 6... s apart, at most 30: 0, 2, 6, 12, 20, 30, 42, 56, 72..."""
+    from celery_stalk.model.workers import reconnect_wait
+
+    assert reconnect_wait(outage) == wait
+
+
+def test_a_worker_that_reconnects_after_the_exporter_is_not_lost():
+    """Seen on a real worker: Redis away 12 s, the exporter back at once, the worker's next
+    attempt 8 s later (then a heartbeat within its interval): no loss is counted."""
+    model = connected_model(worker_timeout=5)
+    model.apply(ev.heartbeat("a@x"), 1000.0)
+    model.link_down()  # the broker stops at 1001
+    model.link_up(1013.0)  # back at 1013, the exporter at once
+    for t in range(1013, 1023):  # the worker: retry at 1021, heartbeat at 1023
+        model.tick(float(t))
+    model.apply(ev.heartbeat("a@x"), 1023.0)
+    model.tick(1024.0)
+    snap = model.snapshot(1024.0)
+    assert snap.workers["a@x"].up and snap.workers_lost == 0
+    model.tick(1027.0)  # heard since the reconnect: its plain timeout (5 s) again
+    assert model.snapshot(1027.0).workers_lost == 0
+    model.tick(1028.5)
+    assert model.snapshot(1028.5).workers_lost == 1
 
 
 def test_worker_cap_takes_every_new_worker_forgetting_down_ones_first():

@@ -3,7 +3,9 @@
 Liveness is judged by the exporter's own receive time, so worker clocks and
 time zones cannot fool it. The registry is told when the event stream is up or
 down (link_up/link_down): while down, it keeps every worker's last verdict
-instead of declaring the fleet dead.
+instead of declaring the fleet dead. Back from an outage, a worker not heard since
+gets its timeout plus the wait of Celery's own reconnect schedule (the workers lost
+the broker too, and retry further apart the longer it was away).
 """
 
 from __future__ import annotations
@@ -17,6 +19,20 @@ from .fields import MAX_HEARTBEAT_INTERVAL, gauge_int, label_refusal, number
 from .settings import ModelSettings
 
 WORKER_EVENTS = ("worker-online", "worker-heartbeat", "worker-offline")
+# How a Celery worker retries a lost broker connection (kombu's ensure_connection, as the
+# worker's consumer calls it): 2 s after the first failure, then 2 s longer each time,
+# at most 30 s apart.
+RECONNECT_FIRST, RECONNECT_STEP, RECONNECT_MAX = 2.0, 2.0, 30.0
+
+
+def reconnect_wait(outage: float) -> float:
+    """The longest a Celery worker can still take to retry its broker connection once
+    the broker is back after ``outage`` seconds: the interval it was waiting out then."""
+    interval, elapsed = RECONNECT_FIRST, 0.0
+    while elapsed + interval <= outage and interval < RECONNECT_MAX:
+        elapsed += interval
+        interval = min(interval + RECONNECT_STEP, RECONNECT_MAX)
+    return interval
 
 
 class Worker:
@@ -160,9 +176,10 @@ class WorkerRegistry:
 
     def link_up(self, now: float) -> None:
         if not self.linked:
-            # Back from an outage: every worker gets a full timeout to be
-            # heard again. Not after a stall, which never took the link down:
-            # a worker that is really gone keeps its clock running.
+            # Back from an outage: every worker gets a full timeout to be heard
+            # again, and the time its own reconnect may take (_is_up). Not after a
+            # stall, which never took the link down: a worker that is really gone
+            # keeps its clock running.
             self.linked_since = now
         self.linked = True
 
@@ -180,8 +197,12 @@ class WorkerRegistry:
             return False
         if not self.linked:  # we cannot tell; keep the last verdict
             return True
+        timeout = self._timeout_for(worker)
+        if worker.last_seen < self.linked_since:  # not heard since we came back
+            # It lost the broker too: its outage began after it was last heard.
+            timeout += reconnect_wait(self.linked_since - worker.last_seen)
         silent_for = now - max(worker.last_seen, self.linked_since)
-        return silent_for <= self._timeout_for(worker)
+        return silent_for <= timeout
 
     def expected_event_interval(self) -> float | None:
         """The shortest heartbeat interval among workers that are up: some event
