@@ -131,9 +131,9 @@ def outage_and_recovery(server, url, fleet, heartbeat_wait=30):
     assert watch.scrapes[-1].get("celery_stalk_broker_up") == 1
     m = exporter.scrape()
     assert m.get("celery_stalk_broker_up") == 1 and m.get("celery_stalk_events_connected") == 1
-    assert m.get("celery_stalk_broker_reconnects_total") == 1
-    assert m.get("celery_worker_lost_total") == 0
-    assert m.get("celery_stalk_events_stalls_total") == 0
+    assert m.get("celery_stalk_broker_reconnects_total") == 1, exporter.output()
+    assert m.get("celery_worker_lost_total") == 0, exporter.output()
+    assert m.get("celery_stalk_events_stalls_total") == 0, exporter.output()
     check_backoff(reconnect_delays(exporter.output()))
     assert exporter.proc.poll() is None
     return exporter

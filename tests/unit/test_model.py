@@ -475,3 +475,19 @@ def test_static_queues_and_unknown_are_never_forgotten():
     assert model.known_queues() == ["critical", "q2"]
     model.apply(ev.sent("t3", "a", "q3"), 200.0)
     assert model.known_queues() == ["critical", "q3"]
+
+
+def test_the_stream_may_stay_silent_while_workers_reconnect_after_an_outage():
+    """The stall watchdog's allowance: nothing before an outage nor once every worker up was
+    heard again; after one, the longest wait of Celery's reconnect schedule among them."""
+    model = connected_model(worker_timeout=5)
+    model.apply(ev.heartbeat("a@x"), 1000.0)
+    model.apply(ev.heartbeat("b@x"), 1010.0)
+    assert model.reconnect_grace() == 0.0
+    model.link_down()
+    model.link_up(1013.0)  # a@x silent for 13 s (wait 8), b@x for 3 s (wait 4)
+    assert model.reconnect_grace() == 8.0
+    model.apply(ev.heartbeat("a@x"), 1014.0)
+    assert model.reconnect_grace() == 4.0
+    model.apply(ev.heartbeat("b@x"), 1015.0)
+    assert model.reconnect_grace() == 0.0

@@ -170,6 +170,11 @@ class Model:
         with self._lock:
             return self.workers.expected_event_interval()
 
+    def reconnect_grace(self) -> float:
+        """Seconds the workers may still take to reconnect after a broker outage."""
+        with self._lock:
+            return self.workers.reconnect_grace()
+
     def tick(self, now: float) -> None:
         """Declare silent workers lost, forget workers gone for worker_ttl, count the
         held events of tasks whose task-sent did not come in time, close settled

@@ -211,6 +211,13 @@ class WorkerRegistry:
         intervals = [w.freq for w in self.workers.values() if not (w.offline or w.lost)]
         return min(intervals, default=None)
 
+    def reconnect_grace(self) -> float:
+        """How much longer than usual the stream may stay silent: the longest reconnect
+        wait of the workers up and not heard since the link came back (0 once all were)."""
+        since = self.linked_since
+        return max((reconnect_wait(since - w.last_seen) for w in self.workers.values()
+                    if w.last_seen < since and not (w.offline or w.lost)), default=0.0)
+
     def tick(self, now: float) -> None:
         """Declare silent workers lost and forget workers gone for worker_ttl."""
         forget = []

@@ -228,6 +228,7 @@ class EventSource:
         if interval is None:
             return  # no worker up: silence is normal
         silent = self.monotonic() - self._last_message
-        if silent > max(self.stall_timeout, 2 * interval):
+        # Back from an outage, workers reconnect on Celery's schedule, maybe well after us.
+        if silent > max(self.stall_timeout, 2 * interval) + self.model.reconnect_grace():
             self._stalled = EventStreamStalled(f"no event for {silent:.0f} s although workers are up")
             raise self._stalled
