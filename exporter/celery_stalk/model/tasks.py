@@ -274,7 +274,6 @@ class TaskEvents:
             task.next_run = run
         else:
             task.begin_run(run)
-            task.next_run = None
         # The worker's name, not checked as a label: only the registry's (checked)
         # names are ever looked up with it.
         hostname = event.get("hostname")
@@ -315,7 +314,6 @@ class TaskEvents:
         task.unstarted = False
         if task.next_run is not None:  # its retry was received already: now the current run
             task.begin_run(task.next_run)
-            task.next_run = None
         return None
 
     def _end(self, task_id: str, kind: str, detail, now: float, event: dict) -> None:
@@ -371,7 +369,6 @@ class TaskEvents:
             self.stages.leave(task_id, task)
         if task is not None and task.next_run is not None:  # the retried run's start was lost
             task.begin_run(task.next_run)
-            task.next_run = None
         if task is None or task.settled or not self._held(task_id, task, "task-retried",
                                                             None, now):
             self.ledger.count("task-retried", self.labels("task-retried", task))

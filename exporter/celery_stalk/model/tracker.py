@@ -53,8 +53,8 @@ class TrackedTask:
         self.sent: float | None = None
 
     def begin_run(self, run: int | None) -> None:
-        """Make ``run``, received, the current run; a start of the last run still waiting
-        for its task-sent is kept under that run."""
+        """Make ``run``, received, the current run (and none next); a start of the last
+        run still waiting for its task-sent is kept under that run."""
         if self.started is not None:
             if self.earlier_starts is None:
                 self.earlier_starts = {}
@@ -62,6 +62,7 @@ class TrackedTask:
             self.started = None
         self.run = run
         self.unstarted = True
+        self.next_run = None
 
     def add_ready(self, run: int | None, at: float) -> None:
         if self.ready is None or self.ready_run == run:

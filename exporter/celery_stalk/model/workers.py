@@ -197,12 +197,14 @@ class WorkerRegistry:
             return False
         if not self.linked:  # we cannot tell; keep the last verdict
             return True
-        timeout = self._timeout_for(worker)
-        if worker.last_seen < self.linked_since:  # not heard since we came back
-            # It lost the broker too: its outage began after it was last heard.
-            timeout += reconnect_wait(self.linked_since - worker.last_seen)
         silent_for = now - max(worker.last_seen, self.linked_since)
-        return silent_for <= timeout
+        return silent_for <= self._timeout_for(worker) + self._reconnect_allowance(worker)
+
+    def _reconnect_allowance(self, worker: Worker) -> float:
+        """For a worker not heard since the link came back: the longest its own reconnect
+        may still take (it lost the broker too, after it was last heard); else 0."""
+        outage = self.linked_since - worker.last_seen
+        return reconnect_wait(outage) if outage > 0 else 0.0
 
     def expected_event_interval(self) -> float | None:
         """The shortest heartbeat interval among workers that are up: some event
@@ -214,9 +216,8 @@ class WorkerRegistry:
     def reconnect_grace(self) -> float:
         """How much longer than usual the stream may stay silent: the longest reconnect
         wait of the workers up and not heard since the link came back (0 once all were)."""
-        since = self.linked_since
-        return max((reconnect_wait(since - w.last_seen) for w in self.workers.values()
-                    if w.last_seen < since and not (w.offline or w.lost)), default=0.0)
+        return max((self._reconnect_allowance(w) for w in self.workers.values()
+                    if not (w.offline or w.lost)), default=0.0)
 
     def tick(self, now: float) -> None:
         """Declare silent workers lost and forget workers gone for worker_ttl."""
